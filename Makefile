@@ -1,0 +1,30 @@
+# Two commands set up a fresh machine: `make demo` (the main job) and `make test`.
+# Both create .venv and install the CPU build of PyTorch first, so pip never pulls CUDA wheels here.
+# On a GPU machine, install the torch you want first, or run e.g. `make test TORCH_SPEC=torch`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cmkit-installed
+
+.PHONY: test demo install bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup
+
+demo: $(STAMP)
+	$(PY) -m cmkit demo --out out/demo.png
+
+bench: $(STAMP)
+	$(PY) benchmarks/sampling_speed.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

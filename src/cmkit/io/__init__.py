@@ -1,0 +1,1 @@
+"""Loading and saving: atomic writes, safe weight files, hub ids and checkpoint conversion."""

@@ -1,0 +1,1 @@
+"""Schedulers with diffusers-compatible APIs, as thin adapters over cmkit.karras."""

@@ -1,0 +1,1 @@
+"""Training: objectives, schedules, losses and the loop."""

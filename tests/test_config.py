@@ -1,0 +1,62 @@
+import json
+import warnings
+
+import pytest
+
+from cmkit.config import ConfigMixin, register_to_config
+from cmkit.io.atomic import atomic_path, atomic_write_text
+
+
+class Thing(ConfigMixin):
+    config_name = "thing_config.json"
+    saved_class_name = "DiffusersThing"
+
+    @register_to_config
+    def __init__(self, a: int = 1, b: tuple = (1, 2), c: str = "x"):
+        self.a = a
+
+
+def test_config_records_defaults_and_args():
+    t = Thing(5, c="y")
+    assert dict(t.config) == {"a": 5, "b": [1, 2], "c": "y"}
+    assert t.config.a == 5
+    with pytest.raises(AttributeError):
+        t.config.missing  # noqa: B018
+    with pytest.raises(TypeError):
+        t.config["a"] = 3  # type: ignore[index]
+
+
+def test_save_load_round_trip(tmp_path):
+    t = Thing(3)
+    path = t.save_config(tmp_path)
+    data = json.loads(path.read_text())
+    assert data["_class_name"] == "DiffusersThing" and "_diffusers_version" in data
+    back = Thing.from_config(Thing.load_config(tmp_path))
+    assert dict(back.config) == dict(t.config)
+
+
+def test_unknown_keys_warn_and_missing_file_errors(tmp_path):
+    with pytest.warns(UserWarning, match="zzz"):
+        Thing.from_config({"a": 2, "zzz": 1, "_meta": 0})
+    with pytest.raises(FileNotFoundError, match="thing_config.json"):
+        Thing.load_config(tmp_path)
+    (tmp_path / "thing_config.json").write_text("{nope")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Thing.load_config(tmp_path)
+
+
+def test_config_update_is_saved(tmp_path):
+    t = Thing()
+    t.register_config_update(c="tuned")
+    assert Thing.from_config(Thing.load_config(t.save_config(tmp_path))).config.c == "tuned"
+
+
+def test_atomic_write_keeps_old_file_on_crash(tmp_path):
+    target = tmp_path / "f.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]

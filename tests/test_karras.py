@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+
+from cmkit import karras
+
+
+def test_grid_endpoints_and_monotone():
+    s = karras.karras_sigmas(40)
+    assert s[0].item() == pytest.approx(80.0, rel=1e-12)
+    assert s[-1].item() == pytest.approx(0.002, rel=1e-12)
+    assert torch.all(s[1:] < s[:-1])
+
+
+def test_grid_formula_by_hand():
+    n, i = 18, 5
+    expected = (80 ** (1 / 7) + i / (n - 1) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert karras.karras_sigmas(n)[i].item() == pytest.approx(expected, rel=1e-12)
+    assert karras.karras_grid_sigmas([i], n)[0].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_grid_index_errors():
+    with pytest.raises(ValueError, match="at least 2"):
+        karras.karras_sigmas(1)
+    with pytest.raises(ValueError, match=r"\[0, 39\]"):
+        karras.karras_grid_sigmas([40], 40)
+
+
+def test_boundary_condition_is_identity_at_sigma_min():
+    c_skip, c_out = karras.consistency_scalings(torch.tensor(0.002))
+    assert c_skip.item() == 1.0 and c_out.item() == 0.0
+
+
+def test_scalings_match_hand_values():
+    sigma, sd, eps = 1.3, 0.5, 0.002
+    c_skip, c_out = karras.consistency_scalings(sigma)
+    assert c_skip == pytest.approx(sd**2 / ((sigma - eps) ** 2 + sd**2))
+    assert c_out == pytest.approx((sigma - eps) * sd / math.sqrt(sigma**2 + sd**2))
+    e_skip, e_out = karras.edm_scalings(sigma)
+    assert e_skip == pytest.approx(sd**2 / (sigma**2 + sd**2))
+    assert e_out == pytest.approx(sigma * sd / math.sqrt(sigma**2 + sd**2))
+    assert karras.c_in(sigma) == pytest.approx(1 / math.sqrt(sigma**2 + sd**2))
+    with pytest.raises(ValueError, match="parameterization"):
+        karras.output_scalings(sigma, "eps")  # type: ignore[arg-type]
+
+
+def test_timestep_round_trip():
+    sigma = torch.tensor([0.002, 0.5, 80.0], dtype=torch.float64)
+    t = karras.sigma_to_timestep(sigma)
+    assert t[2].item() == pytest.approx(250 * math.log(80.0))
+    assert torch.allclose(karras.timestep_to_sigma(t), sigma)
+    assert karras.sigma_to_timestep(80.0) == pytest.approx(250 * math.log(80.0))
+
+
+def test_renoise_at_sigma_min_adds_nothing():
+    x = torch.randn(2, 3)
+    assert torch.equal(karras.renoise(x, 0.002, torch.randn(2, 3)), x)
