@@ -1,0 +1,1 @@
+"""Training objectives: each a small callable returning an :class:`ObjectiveOutput`."""

@@ -1,0 +1,70 @@
+"""Per-step randomness that does not depend on how the global batch is split over processes.
+
+Every process builds a generator from ``(seed, step)`` alone, draws for the whole global batch and keeps its
+own slice. So a run on 2 processes sees exactly the noise of a 1-process run with the same global batch,
+and resuming at step k needs no saved RNG state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_MIX = 0x9E3779B97F4A7C15
+
+
+def step_seed(seed: int, step: int, stream: int = 0) -> int:
+    """A 63-bit seed derived from (seed, step, stream) by an integer hash (splitmix64)."""
+    z = (seed * 1_000_003 + step * 7_919 + stream * 104_729 + _MIX) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass
+class StepRandom:
+    """Random draws for one training step; ``offset:offset+local_batch`` is this process's slice."""
+
+    seed: int
+    step: int
+    global_batch: int
+    offset: int = 0
+    local_batch: Optional[int] = None
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.local_batch is None:
+            self.local_batch = self.global_batch - self.offset
+        if self.offset < 0 or self.local_batch < 1 or self.offset + self.local_batch > self.global_batch:
+            raise ValueError(
+                f"slice [{self.offset}, {self.offset + self.local_batch}) does not fit a global batch of {self.global_batch}"
+            )
+        self._generator = torch.Generator().manual_seed(step_seed(self.seed, self.step))
+
+    def _slice(self, t: Tensor) -> Tensor:
+        return t[self.offset : self.offset + self.local_batch].to(self.device)
+
+    def randn(self, *shape: int) -> Tensor:
+        """Standard normal of shape ``[local_batch, *shape]``."""
+        return self._slice(torch.randn((self.global_batch, *shape), generator=self._generator))
+
+    def rand(self, *shape: int) -> Tensor:
+        """Uniform [0, 1) of shape ``[local_batch, *shape]``."""
+        return self._slice(torch.rand((self.global_batch, *shape), generator=self._generator))
+
+    def randint(self, high: int, *shape: int) -> Tensor:
+        """Integers in ``[0, high)`` of shape ``[local_batch, *shape]``."""
+        return self._slice(torch.randint(0, high, (self.global_batch, *shape), generator=self._generator))
+
+    def choice(self, probs: Tensor, *shape: int) -> Tensor:
+        """Indices drawn from the categorical ``probs``, shape ``[local_batch, *shape]``."""
+        n = int(torch.tensor(shape).prod().item()) if shape else 1
+        idx = torch.multinomial(probs.double().cpu(), self.global_batch * n, replacement=True, generator=self._generator)
+        return self._slice(idx.reshape(self.global_batch, *shape) if shape else idx)
+
+    def dropout_seed(self, stream: int = 1) -> int:
+        """A seed, identical on every process, for dropout masks that must repeat across two passes."""
+        return step_seed(self.seed, self.step, stream) + self.offset
