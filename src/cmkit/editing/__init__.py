@@ -1,0 +1,42 @@
+"""Zero-shot editing with consistency models (Song et al. 2023, Algorithm 4).
+
+:func:`edit` is the one general routine; :mod:`~cmkit.editing.presets` defines the tasks (inpainting,
+colorization, super-resolution, denoising, interpolation, stroke-guided editing) as ``(A, Omega, start)``;
+:class:`~cmkit.editing.pipeline_methods.EditingMixin` puts them on the pipeline.
+"""
+
+from .algorithm import check_mask, check_sigmas, edit
+from .presets import (
+    EditTask,
+    colorization,
+    denoising,
+    downsample,
+    editing_sigmas,
+    inpainting,
+    interpolation,
+    slerp,
+    stroke_editing,
+    super_resolution,
+)
+from .transforms import ColorTransform, IdentityTransform, OrthogonalTransform, PatchTransform, orthonormal_basis
+
+__all__ = [
+    "ColorTransform",
+    "EditTask",
+    "IdentityTransform",
+    "OrthogonalTransform",
+    "PatchTransform",
+    "check_mask",
+    "check_sigmas",
+    "colorization",
+    "denoising",
+    "downsample",
+    "edit",
+    "editing_sigmas",
+    "inpainting",
+    "interpolation",
+    "orthonormal_basis",
+    "slerp",
+    "stroke_editing",
+    "super_resolution",
+]
