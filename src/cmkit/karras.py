@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Literal, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,7 +30,7 @@ SIGMA_DATA = 0.5
 RHO = 7.0
 
 Parameterization = Literal["consistency", "edm"]
-SigmaLike = Union[Tensor, float]
+SigmaLike = Union[Tensor, np.ndarray, float]
 
 
 def append_dims(x: Tensor, ndim: int) -> Tensor:
@@ -41,9 +42,13 @@ def append_dims(x: Tensor, ndim: int) -> Tensor:
 
 
 def karras_sigmas_from_ramp(
-    ramp: Tensor, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO
-) -> Tensor:
-    """Karras sigmas at positions ``ramp`` in [0, 1], where 0 is ``sigma_max`` and 1 is ``sigma_min`` (EDM eq. 5)."""
+    ramp: SigmaLike, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO
+) -> SigmaLike:
+    """Karras sigmas at positions ``ramp`` in [0, 1], where 0 is ``sigma_max`` and 1 is ``sigma_min`` (EDM eq. 5).
+
+    ``ramp`` may be a tensor, a numpy array or a float; the result has the same type (numpy arrays give
+    diffusers' float64 values bit for bit, since diffusers evaluates this formula in numpy).
+    """
     min_inv_rho = sigma_min ** (1.0 / rho)
     max_inv_rho = sigma_max ** (1.0 / rho)
     return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
@@ -111,15 +116,22 @@ def output_scalings(
     raise ValueError(f"parameterization must be 'consistency' or 'edm', got {parameterization!r}")
 
 
+def noised_std(sigma: SigmaLike, sigma_data: float = SIGMA_DATA) -> SigmaLike:
+    """Standard deviation ``sqrt(sigma^2 + sigma_data^2)`` of ``y + sigma n`` for data of std ``sigma_data`` (EDM B.6)."""
+    return (sigma**2 + sigma_data**2) ** 0.5
+
+
 def c_in(sigma: SigmaLike, sigma_data: float = SIGMA_DATA) -> SigmaLike:
     """Input scaling ``c_in = 1 / sqrt(sigma^2 + sigma_data^2)`` (EDM table 1; CM appendix C)."""
-    return 1.0 / (sigma**2 + sigma_data**2) ** 0.5
+    return 1.0 / noised_std(sigma, sigma_data)
 
 
 def sigma_to_timestep(sigma: SigmaLike) -> SigmaLike:
     """The network's noise input in the OpenAI / diffusers checkpoints: ``1000 * 0.25 * ln(sigma + 1e-44)``."""
     if isinstance(sigma, Tensor):
         return 250.0 * torch.log(sigma + 1e-44)
+    if isinstance(sigma, np.ndarray):
+        return 250.0 * np.log(sigma + 1e-44)
     return 250.0 * math.log(sigma + 1e-44)
 
 
