@@ -47,8 +47,15 @@ def randn(
 def randint(
     high: int, size: int, generator: GeneratorArg = None, device: torch.device | str | None = None
 ) -> Tensor:
-    """Integers in ``[0, high)``; from ``generator`` (the first of a list) rather than the global RNG."""
+    """Integers in ``[0, high)`` from ``generator`` rather than the global RNG; with a list, entry ``i`` from ``generator[i]``."""
     if isinstance(generator, (list, tuple)):
+        if len(generator) == size and size > 1:
+            parts = [randint(high, 1, g, device) for g in generator]
+            return torch.cat(parts)
+        if len(generator) != 1:
+            raise ValueError(
+                f"got a list of {len(generator)} generators for {size} integers; pass one generator or one per integer"
+            )
         generator = generator[0]
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.randint(0, high, (size,), generator=generator, device=gen_device).to(device or gen_device)
