@@ -1,1 +1,48 @@
 """Data sets: the embedded 8x8 digits, 2-D toy distributions, and a user's folder of images."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from .source import DataSource, SamplerSource, TensorSource
+
+DataKind = Literal["digits", "toy", "folder"]
+
+__all__ = ["DataKind", "DataSource", "SamplerSource", "TensorSource", "build_dataset"]
+
+
+def build_dataset(
+    kind: DataKind,
+    *,
+    toy: Optional[str] = None,
+    path: Optional[str] = None,
+    resolution: Optional[int] = None,
+    resize: Literal["crop", "stretch", "none"] = "crop",
+    flip: bool = False,
+    channels: Literal[1, 3] = 3,
+    class_labels: Optional[bool] = None,
+) -> DataSource:
+    """A training :class:`DataSource`: ``digits`` (8x8, upsampled to ``resolution``), a 2-D ``toy`` or an image ``folder``."""
+    if kind == "digits":
+        from .digits import NUM_CLASSES, load_digits
+
+        x, y = load_digits("train", resolution or 8)
+        labels = None if class_labels is False else y
+        names = [str(c) for c in range(NUM_CLASSES)] if labels is not None else []
+        return TensorSource(x, labels, flip=flip, class_names=names)
+    if kind == "toy":
+        from .toys import TOY_NAMES, sample_toy
+
+        if toy not in TOY_NAMES:
+            raise ValueError(f"unknown toy data set {toy!r}; choose one of {', '.join(TOY_NAMES)}")
+        if flip or class_labels:
+            raise ValueError("toy data are unlabelled 2-D points: flip and class labels do not apply")
+        return SamplerSource(lambda n, g: sample_toy(toy, n, generator=g), sample_shape=(2,))
+    if kind == "folder":
+        from .folder import load_image_folder
+
+        if not path:
+            raise ValueError("folder data needs a path (e.g. folder:/data/my_images)")
+        folder = load_image_folder(path, resolution, resize, channels, class_labels)
+        return TensorSource(folder.images, folder.labels, flip=flip, class_names=folder.class_names)
+    raise ValueError(f"data kind must be 'digits', 'toy' or 'folder', got {kind!r}")

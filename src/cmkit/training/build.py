@@ -1,0 +1,142 @@
+"""Turn a :class:`TrainConfig` into the pieces a run needs: data, network, teacher, denoiser and objective."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..data import DataSource, build_dataset
+from ..karras import Parameterization
+from ..models.denoiser import Denoiser
+from .config import TrainConfig
+from .objectives.base import Objective
+
+#: extra key in ``model_index.json`` naming the preconditioning of the saved network ("consistency" or "edm").
+PARAMETERIZATION_KEY = "cmkit_parameterization"
+#: methods whose objective takes the run length K (``total_steps``) for its N(k) schedule.
+_TOTAL_STEPS_METHODS = ("ct", "ict")
+
+
+def build_data(config: TrainConfig) -> DataSource:
+    """The training data described by ``config.data``."""
+    return build_dataset(**dataclasses.asdict(config.data))
+
+
+def parameterization_of(method: str) -> Parameterization:
+    """``edm`` for the diffusion teacher, ``consistency`` for every consistency method."""
+    return "edm" if method == "edm" else "consistency"
+
+
+def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
+    """A fresh network for ``data``: the MLP for points, a UNet preset for images (``model='auto'`` picks)."""
+    name = config.model
+    if name == "auto":
+        name = "mlp" if data.kind == "points" else "tiny"
+    num_classes = data.num_classes or None
+    options = dict(config.model_options)
+    if name == "mlp":
+        from ..models.mlp import MLPNet
+
+        return MLPNet(**{"sample_shape": data.sample_shape, "num_class_embeds": num_classes, **options})
+    if len(data.sample_shape) != 3:
+        raise ValueError(
+            f"model {name!r} is a UNet for images, but the data are points of shape {data.sample_shape}; use model 'mlp'"
+        )
+    from ..models.presets import UNET_PRESETS, unet_preset
+
+    if name not in UNET_PRESETS:
+        raise ValueError(f"unknown model {name!r}; choose 'auto', 'mlp' or a UNet preset: {', '.join(UNET_PRESETS)}")
+    channels, height, width = data.sample_shape
+    if height != width:
+        raise ValueError(f"the UNet presets need square images, got {height}x{width}; train with a square resolution")
+    shape = {"sample_size": height, "in_channels": channels, "out_channels": channels, "num_class_embeds": num_classes}
+    return unet_preset(name, **{**shape, **options})
+
+
+def load_denoiser(path: str | os.PathLike) -> Denoiser:
+    """A trained network from a pipeline directory, wrapped with the preconditioning recorded in it."""
+    from ..pipeline_io import read_model_index
+    from ..registry import resolve_component_class
+
+    directory = Path(path)
+    index = read_model_index(directory)
+    entry = index.get("unet")
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        raise ValueError(f"{directory / 'model_index.json'} does not name a 'unet' component")
+    net = resolve_component_class(entry[0], entry[1], component="unet").from_pretrained(str(directory / "unet"))
+    parameterization = index.get(PARAMETERIZATION_KEY, "consistency")
+    sigma_min = _scheduler_value(directory, "sigma_min", 0.002)
+    sigma_data = _scheduler_value(directory, "sigma_data", 0.5)
+    return Denoiser(net, parameterization, sigma_min=sigma_min, sigma_data=sigma_data)
+
+
+def _scheduler_value(directory: Path, key: str, default: float) -> float:
+    path = directory / "scheduler" / "scheduler_config.json"
+    if not path.is_file():
+        return default
+    return float(json.loads(path.read_text()).get(key, default))
+
+
+def load_teacher(path: str | os.PathLike) -> Denoiser:
+    """The frozen EDM teacher saved by an ``edm`` run (its ``model_index.json`` records parameterization "edm")."""
+    teacher = load_denoiser(path)
+    if teacher.parameterization != "edm":
+        raise ValueError(
+            f"the teacher {path} is a {teacher.parameterization} model, not an EDM denoiser; CD and ECT distil a "
+            "diffusion model: train one with method 'edm' and pass its output directory"
+        )
+    return teacher.eval().requires_grad_(False)
+
+
+def build_model(config: TrainConfig, data: DataSource, teacher: Optional[Denoiser]) -> Denoiser:
+    """The trainable denoiser: the teacher's architecture when there is a teacher, else a fresh network."""
+    if teacher is not None:
+        net = type(teacher.net).from_config(dict(teacher.net.config))
+        shape = tuple(getattr(net, "sample_shape", ()) or ())
+        if shape and shape != tuple(data.sample_shape):
+            raise ValueError(f"the teacher makes samples of shape {shape} but the data have shape {data.sample_shape}")
+    else:
+        net = build_network(config, data)
+    return Denoiser(net, parameterization_of(config.method))
+
+
+def objective_options(config: TrainConfig) -> dict[str, Any]:
+    """The objective's keyword options: ``config.objective_options`` plus the run length for CT / iCT."""
+    options = dict(config.objective_options)
+    if config.method in _TOTAL_STEPS_METHODS:
+        options.setdefault("total_steps", config.steps)
+    return options
+
+
+def build_objective(config: TrainConfig, model: Denoiser, teacher: Optional[Denoiser]) -> Objective:
+    """The objective of ``config.method`` around ``model`` (see :mod:`cmkit.training.objectives`)."""
+    from .objectives import build_objective as factory
+
+    if teacher is not None and config.method not in ("cd", "ect"):
+        raise ValueError(f"method {config.method!r} does not use a teacher; drop --teacher (CD and ECT use one)")
+    return factory(config.method, model, teacher=teacher, **objective_options(config))
+
+
+def scheduler_num_timesteps(config: TrainConfig, objective: Objective) -> int:
+    """N of the exported scheduler's Karras grid: the run's final N for CD / CT / iCT, else 40 (OpenAI's CD value)."""
+    if config.scheduler_timesteps is not None:
+        return config.scheduler_timesteps
+    num_scales = getattr(objective, "num_scales", None)
+    if callable(num_scales):
+        return int(num_scales(config.steps - 1))
+    options = getattr(objective, "options", None)
+    if isinstance(getattr(options, "num_scales", None), int):
+        return int(options.num_scales)
+    return 40
+
+
+def sample_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

@@ -1,0 +1,219 @@
+"""The typed configuration of a training run; its JSON alone reproduces the run.
+
+``TrainConfig`` (with a nested ``DataConfig``) round-trips through JSON (``to_json`` / ``from_json``). Unknown
+keys and values outside a ``Literal`` are errors that name the key and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from ..data import DataKind
+from ..data.folder import ResizeMode
+from ..io.atomic import atomic_write_text
+
+Method = Literal["edm", "cd", "ct", "ict", "ect"]
+Precision = Literal["fp32", "bf16", "fp16"]
+OptimizerName = Literal["radam", "adam"]
+LRSchedule = Literal["constant", "cosine"]
+ExportWeights = Literal["ema", "online"]
+Device = Literal["auto", "cpu", "cuda"]
+
+#: methods that need a teacher (a trained EDM denoiser) and start from its weights.
+TEACHER_METHODS: tuple[str, ...] = ("cd", "ect")
+
+
+@dataclass
+class DataConfig:
+    """Which data to train on: the embedded ``digits``, a 2-D ``toy`` set, or an image ``folder``."""
+
+    kind: DataKind = "digits"
+    toy: Optional[str] = None
+    path: Optional[str] = None
+    resolution: Optional[int] = None
+    resize: ResizeMode = "crop"
+    flip: bool = False
+    channels: Literal[1, 3] = 3
+    class_labels: Optional[bool] = None
+
+    @classmethod
+    def parse(cls, spec: str, **options: Any) -> "DataConfig":
+        """From a spec ``digits``, ``toy:8gaussians`` / ``toy:moons`` / ``toy:swissroll`` or ``folder:PATH``."""
+        kind, _, arg = spec.partition(":")
+        if kind == "digits" and not arg:
+            return cls(kind="digits", **options)
+        if kind == "toy" and arg:
+            return cls(kind="toy", toy=arg, **options)
+        if kind == "folder" and arg:
+            return cls(kind="folder", path=arg, **options)
+        raise ValueError(
+            f"cannot read the data spec {spec!r}; use digits, toy:8gaussians, toy:moons, toy:swissroll or folder:PATH"
+        )
+
+    def spec(self) -> str:
+        """The short spec string (``digits``, ``toy:NAME`` or ``folder:PATH``)."""
+        return {"digits": "digits", "toy": f"toy:{self.toy}", "folder": f"folder:{self.path}"}[self.kind]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (see docs/training.md for each field)."""
+
+    method: Method = "ict"
+    data: DataConfig = field(default_factory=DataConfig)
+    #: a UNet preset name (cmkit.models.presets), ``mlp``, or ``auto`` (mlp for 2-D toys, ``tiny`` for images).
+    model: str = "auto"
+    #: constructor overrides for the network, e.g. ``{"width": 64}`` or ``{"dropout": 0.1}``.
+    model_options: dict[str, Any] = field(default_factory=dict)
+    #: pipeline directory of a trained EDM teacher (needed by ``cd`` and ``ect``).
+    teacher: Optional[str] = None
+    #: keyword options of the objective (cmkit.training.objectives), e.g. ``{"loss": "pseudo_huber"}``.
+    objective_options: dict[str, Any] = field(default_factory=dict)
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-4
+    optimizer: OptimizerName = "radam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    lr_schedule: LRSchedule = "constant"
+    #: final learning rate of the cosine decay, as a fraction of ``lr``.
+    min_lr_ratio: float = 0.0
+    #: clip the global gradient norm to this value (None: no clipping).
+    grad_clip: Optional[float] = 1.0
+    precision: Precision = "fp32"
+    ema_rates: tuple[float, ...] = (0.999,)
+    #: ramp each EMA decay as ``min(rate, (1 + k) / (10 + k))`` at step ``k``.
+    ema_warmup: bool = True
+    export: ExportWeights = "ema"
+    #: which EMA to export (one of ``ema_rates``; None: the first).
+    export_ema_rate: Optional[float] = None
+    #: N of the exported scheduler's Karras grid (None: the run's final N for CD / CT / iCT, else 40).
+    scheduler_timesteps: Optional[int] = None
+    #: intermediate sigma of 2-step sampling saved as the pipeline's default (nearest grid point; None: none saved).
+    tau: Optional[float] = None
+    output_dir: str = "runs/cmkit"
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    #: write a sample grid every this many steps (0: only at the end).
+    sample_every: int = 0
+    num_samples: int = 64
+    log_every: int = 10
+    seed: int = 0
+    device: Device = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = _from_dict(DataConfig, self.data, "data")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        self.ema_rates = tuple(float(r) for r in self.ema_rates)
+        _check_literals(self)
+        _check_literals(self.data, "data.")
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "num_samples": self.num_samples, "log_every": self.log_every}
+        for name, value in positive.items():
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.scheduler_timesteps is not None and self.scheduler_timesteps < 3:
+            raise ValueError(f"scheduler_timesteps must be >= 3 (or None), got {self.scheduler_timesteps!r}")
+        if self.tau is not None and not self.tau > 0:
+            raise ValueError(f"tau must be a positive sigma (e.g. 0.8) or None, got {self.tau!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None (no clipping), got {self.grad_clip!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        bad = [r for r in self.ema_rates if not 0.0 <= r < 1.0]
+        if bad:
+            raise ValueError(f"EMA rates must lie in [0, 1), got {bad}")
+        if self.export == "ema" and not self.ema_rates:
+            raise ValueError("export='ema' needs at least one EMA rate; add ema_rates or export the online weights")
+        if self.export_ema_rate is not None and self.export_ema_rate not in self.ema_rates:
+            raise ValueError(f"export_ema_rate {self.export_ema_rate} is not one of ema_rates {list(self.ema_rates)}")
+        if self.method in TEACHER_METHODS and not self.teacher:
+            raise ValueError(f"method {self.method!r} starts from a teacher; pass the teacher's directory (--teacher DIR)")
+
+    @property
+    def exported_ema_rate(self) -> Optional[float]:
+        """The EMA rate whose weights are exported (None: the online weights)."""
+        if self.export == "online":
+            return None
+        return self.export_ema_rate if self.export_ema_rate is not None else self.ema_rates[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (the data config nested)."""
+        d = dataclasses.asdict(self)
+        d["betas"], d["ema_rates"] = list(self.betas), list(self.ema_rates)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from :meth:`to_dict` output; unknown keys are an error."""
+        return _from_dict(cls, d, "")
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write the config as JSON (atomically)."""
+        p = Path(path)
+        atomic_write_text(p, json.dumps(self.to_dict(), indent=2) + "\n")
+        return p
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "TrainConfig":
+        """Read a config written by :meth:`to_json` (or by hand)."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"training config {p} not found")
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{p} is not valid JSON: {err}") from err
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where or 'the training config'} must be a JSON object, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(unknown)} in {where or 'the training config'}; known keys: {', '.join(sorted(names))}"
+        )
+    return cls(**d)
+
+
+def _literal_args(tp: Any) -> Optional[tuple[Any, ...]]:
+    """The allowed values of a ``Literal`` (or ``Optional[Literal]``) annotation, else None."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return typing.get_args(tp)
+    if origin is Union:
+        for arg in typing.get_args(tp):
+            values = _literal_args(arg)
+            if values is not None:
+                return values + ((None,) if type(None) in typing.get_args(tp) else ())
+    return None
+
+
+def _check_literals(obj: Any, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        allowed = _literal_args(hints[f.name])
+        if allowed is not None and getattr(obj, f.name) not in allowed:
+            shown = ", ".join(repr(a) for a in allowed)
+            raise ValueError(f"{prefix}{f.name} must be one of {shown}, got {getattr(obj, f.name)!r}")

@@ -1,0 +1,59 @@
+"""Write a trained network as a pipeline directory that ``ConsistencyModelPipeline.from_pretrained`` loads.
+
+Layout (diffusers'): ``unet/`` (config.json + diffusion_pytorch_model.safetensors), ``scheduler/``
+(``CMStochasticIterativeScheduler`` with the run's grid size N and sigma range) and ``model_index.json``.
+``model_index.json`` also records ``cmkit_parameterization``: ``"edm"`` marks a diffusion teacher (sampled with
+Heun, loadable as ``--teacher``), ``"consistency"`` a consistency model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..io.atomic import atomic_write_text
+from ..karras import SIGMA_MAX, SIGMA_MIN, Parameterization, karras_sigmas
+from .build import PARAMETERIZATION_KEY
+
+
+def tau_timestep(tau: float, num_train_timesteps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> int:
+    """The interior grid index whose sigma is nearest ``tau``: 2-step timesteps are then ``[index, 0]``."""
+    sigmas = karras_sigmas(num_train_timesteps, sigma_min, sigma_max)
+    interior = sigmas[1:-1]
+    if not len(interior):
+        raise ValueError(f"a grid of {num_train_timesteps} points has no interior point for tau")
+    return int(torch.argmin((interior - tau).abs())) + 1
+
+
+def export_pipeline(
+    directory: str | os.PathLike,
+    net: nn.Module,
+    *,
+    parameterization: Parameterization,
+    num_train_timesteps: int,
+    clip_denoised: bool,
+    tau: Optional[float] = None,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+) -> Path:
+    """Save ``net`` with a consistency scheduler as a pipeline directory; return the directory."""
+    from ..pipeline import ConsistencyModelPipeline
+    from ..schedulers.cm import CMStochasticIterativeScheduler
+
+    scheduler = CMStochasticIterativeScheduler(
+        num_train_timesteps=num_train_timesteps, sigma_min=sigma_min, sigma_max=sigma_max, clip_denoised=clip_denoised
+    )
+    pipe = ConsistencyModelPipeline(unet=net, scheduler=scheduler)
+    if tau is not None:
+        pipe.set_default_timesteps(2, [tau_timestep(tau, num_train_timesteps, sigma_min, sigma_max), 0])
+    pipe.save_pretrained(directory)
+    index_path = Path(directory) / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index[PARAMETERIZATION_KEY] = parameterization
+    atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return Path(directory)

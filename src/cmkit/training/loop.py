@@ -1,0 +1,369 @@
+"""The training loop: data-parallel steps of any objective, with EMA, checkpoints, exact resume and pictures.
+
+``train(config)`` builds everything from a :class:`~cmkit.training.config.TrainConfig` and returns the output
+directory; :class:`Trainer` runs a loop around an objective you built yourself. The loop knows nothing about
+the objective's math (that is :mod:`cmkit.training.objectives`): per step it
+
+1. takes this process's slice of the global batch of step ``k`` (a function of ``(seed, k)``),
+2. builds the step's :class:`~cmkit.training.random.StepRandom` and reseeds the global RNG from ``(seed, k)``,
+3. evaluates the loss under autocast (bf16 / fp16), back-propagates (fp16 through a ``GradScaler``),
+4. averages gradients over processes, clips their norm, steps RAdam / Adam with warm-up and optional
+   cosine decay, then lets the objective update its target and updates the EMAs.
+
+All randomness comes from ``(seed, step)``, so resuming from a checkpoint reproduces an uninterrupted run
+bit for bit on CPU, and P processes match one process with the same global batch up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..data import DataSource
+from ..io.atomic import atomic_write_text
+from ..karras import SIGMA_MAX
+from ..rng import randn
+from ..sampling import edm_sampling_sigmas, sample_consistency, sample_heun
+from . import checkpoint as ckpt
+from .build import (
+    build_data,
+    build_model,
+    build_objective,
+    load_teacher,
+    parameterization_of,
+    scheduler_num_timesteps,
+)
+from .config import TrainConfig
+from .distributed import DistContext, setup_distributed
+from .ema import EMA, ema_key
+from .export import export_pipeline
+from .objectives.base import Objective
+from .plots import save_image_grid, save_loss_curve, save_scatter
+from .random import StepRandom, step_seed
+
+#: stream of :func:`step_seed` that reseeds the global RNG at every step (dropout and anything else global).
+GLOBAL_RNG_STREAM = 13
+CONFIG_FILE = "train_config.json"
+INFO_FILE = "training_info.json"
+METRICS_FILE = "metrics.jsonl"
+#: fields that may change between a run and its resumption without changing the trained weights.
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "save_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "progress", "device", "tau", "scheduler_timesteps"}
+)
+#: fields that may change on resumption to rescue a diverging run (the result then differs from a fresh run).
+RECOVERY_CHANGES = frozenset({"lr", "grad_clip", "precision", "warmup_steps", "lr_schedule", "min_lr_ratio"})
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient became NaN or infinite; the run stopped without overwriting good checkpoints."""
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate at ``step``: linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr``."""
+    warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+    if config.lr_schedule == "constant":
+        return config.lr * warm
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, max(0.0, (step - config.warmup_steps) / span))
+    ratio = config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * warm * ratio
+
+
+def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """RAdam or Adam over ``params`` with the config's betas and weight decay."""
+    cls = torch.optim.RAdam if config.optimizer == "radam" else torch.optim.Adam
+    return cls(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+
+
+def _autocast_dtype(precision: str) -> Optional[torch.dtype]:
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class Trainer:
+    """Runs ``objective`` on ``data`` as described by ``config`` (built by :func:`train`, or by hand in tests)."""
+
+    def __init__(
+        self, config: TrainConfig, objective: Objective, data: DataSource, ctx: Optional[DistContext] = None
+    ) -> None:
+        self.config = config
+        self.objective = objective
+        self.data = data
+        self.ctx = ctx or DistContext()
+        if config.batch_size % self.ctx.world_size:
+            raise ValueError(
+                f"batch_size {config.batch_size} must be divisible by the number of processes ({self.ctx.world_size})"
+            )
+        self.output_dir = Path(config.output_dir)
+        self.model: nn.Module = objective.model.to(self.ctx.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the objective's model has no trainable parameters")
+        self.optimizer = make_optimizer(config, self.params)
+        self.autocast_dtype = _autocast_dtype(config.precision)
+        self.scaler = torch.amp.GradScaler(self.ctx.device.type) if config.precision == "fp16" else None
+        self.ema = EMA(self.model, config.ema_rates, config.ema_warmup) if self.ctx.is_main else None
+        self.losses: list[float] = []
+        self.start_step = 0
+        self.last_checkpoint: Optional[Path] = None
+
+    # ----- checkpoints ----------------------------------------------------------------------------------------
+    def save(self, step: int) -> Path:
+        """Checkpoint after ``step`` optimizer steps (main process writes; every process waits)."""
+        path = ckpt.checkpoint_dir(self.output_dir, step)
+        if self.ctx.is_main:
+            bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+            if bad:
+                raise NonFiniteLossError(f"weights became non-finite ({bad[0]}, ...) at step {step}; not saving them")
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "objective": self.objective.state_dict(),
+                "losses": torch.tensor(self.losses, dtype=torch.float64),
+            }
+            model_state = {k: v for k, v in self.model.state_dict().items()}
+            path = ckpt.save_checkpoint(self.output_dir, step, model_state, self.ema.state_dict(), state, self.config.keep_checkpoints)
+        self.ctx.barrier()
+        self.last_checkpoint = path
+        return path
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint of the output directory, if any; returns whether one was loaded."""
+        path = ckpt.latest_checkpoint(self.output_dir)
+        if path is None:
+            return False
+        saved = ckpt.load_checkpoint(path)
+        self.model.load_state_dict(saved.model)
+        self.optimizer.load_state_dict(saved.state["optimizer"])
+        if self.scaler is not None and saved.state.get("scaler"):
+            self.scaler.load_state_dict(saved.state["scaler"])
+        self.objective.load_state_dict(saved.state.get("objective", {}))
+        if self.ema is not None:
+            self.ema.load_state_dict(saved.ema)
+        self.losses = [float(v) for v in saved.state.get("losses", torch.zeros(0)).tolist()]
+        self.start_step = saved.step
+        self.last_checkpoint = path
+        metrics = self.output_dir / METRICS_FILE
+        if self.ctx.is_main and metrics.is_file():  # drop entries logged after the checkpoint
+            kept = [line for line in metrics.read_text().splitlines(True) if json.loads(line)["step"] <= saved.step]
+            atomic_write_text(metrics, "".join(kept))
+        return True
+
+    # ----- one step -------------------------------------------------------------------------------------------
+    def step(self, step: int) -> tuple[float, float, dict[str, float]]:
+        """One optimizer step; returns the loss (mean over processes), the gradient norm and the metrics."""
+        cfg, ctx, device = self.config, self.ctx, self.ctx.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        local = cfg.batch_size // ctx.world_size
+        offset = ctx.rank * local
+        x0, labels = self.data.batch(cfg.seed, step, cfg.batch_size, offset, local)
+        x0 = x0.to(device)
+        labels = labels.to(device) if labels is not None else None
+        rng = StepRandom(cfg.seed, step, cfg.batch_size, offset, local, device=device)
+        torch.manual_seed(step_seed(cfg.seed, step, GLOBAL_RNG_STREAM) + ctx.rank)
+        self.model.train()
+        with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            out = self.objective(x0, labels, step, rng)
+        loss = out.loss.float()
+        loss_mean = float(ctx.mean(loss))
+        if not math.isfinite(loss_mean):
+            raise NonFiniteLossError(f"the loss is {loss_mean} at step {step + 1}")
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        ctx.average_gradients(self.params)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
+        else:
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None]))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)  # skipped (and the scale lowered) when gradients overflowed
+            self.scaler.update()
+        elif not math.isfinite(grad_norm):
+            raise NonFiniteLossError(f"the gradient norm is {grad_norm} at step {step + 1}")
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.objective.after_optimizer_step(step)
+        if self.ema is not None:
+            self.ema.update(self.model, step)
+        return loss_mean, grad_norm, out.metrics
+
+    # ----- the run --------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Train from ``start_step`` to ``config.steps``; export and return the output directory."""
+        cfg, ctx = self.config, self.ctx
+        bar = None
+        if ctx.is_main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"cmkit train {cfg.method}", file=sys.stderr, dynamic_ncols=True)
+        t_start, train_seconds, done, log = time.perf_counter(), 0.0, 0, []
+        try:
+            for step in range(self.start_step, cfg.steps):
+                t0 = time.perf_counter()
+                try:
+                    loss, grad_norm, metrics = self.step(step)
+                except NonFiniteLossError as err:
+                    raise NonFiniteLossError(self._stop_message(str(err))) from None
+                train_seconds += time.perf_counter() - t0
+                self.losses.append(loss)
+                done += 1
+                k = step + 1
+                rate = done * cfg.batch_size / max(train_seconds, 1e-9)  # samples/s of training steps alone
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{rate:.0f}", refresh=False)
+                if k % cfg.log_every == 0 or k == cfg.steps:
+                    log.append({"step": k, "loss": loss, "lr": learning_rate(cfg, step), "grad_norm": grad_norm, "samples_per_s": rate, **metrics})
+                if cfg.save_every and k % cfg.save_every == 0 and k < cfg.steps:
+                    self._flush_log(log)
+                    self.save(k)
+                if cfg.sample_every and k % cfg.sample_every == 0 and k < cfg.steps and ctx.is_main:
+                    self.save_samples(k)
+        finally:
+            if bar is not None:
+                bar.close()
+            if ctx.is_main and self.losses:
+                self._flush_log(log)
+                save_loss_curve(self.losses, self.output_dir / "loss.png", title=f"{cfg.method} on {cfg.data.spec()}")
+        seconds = time.perf_counter() - t_start
+        if self.start_step < cfg.steps or self.last_checkpoint is None:
+            self.save(cfg.steps)
+        if ctx.is_main:
+            self.save_samples(cfg.steps)
+            self.export(seconds, done, train_seconds)
+        ctx.barrier()
+        return self.output_dir
+
+    def _stop_message(self, what: str) -> str:
+        where = (
+            f"the last good checkpoint is {self.last_checkpoint}; fix the cause and continue from it with --resume"
+            if self.last_checkpoint is not None
+            else "no checkpoint was written before it (lower save_every to keep one)"
+        )
+        return (
+            f"{what}; training stopped. Try a lower learning rate (now {self.config.lr}), gradient clipping, a longer "
+            f"warm-up, or bf16/fp32 instead of fp16. {where}."
+        )
+
+    def _flush_log(self, log: list[dict[str, Any]]) -> None:
+        if self.ctx.is_main and log:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / METRICS_FILE, "a") as fh:
+                fh.writelines(json.dumps(entry) + "\n" for entry in log)
+            log.clear()
+
+    # ----- evaluation and export ------------------------------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        """The network that gets exported: the chosen EMA (or the online weights), in eval mode."""
+        rate = self.config.exported_ema_rate
+        if rate is None or self.ema is None:
+            return self.model.eval()
+        return self.ema.copy_model(self.model, rate)
+
+    @torch.no_grad()
+    def generate(self, model: nn.Module, n: int) -> torch.Tensor:
+        """``n`` samples from ``model``: one consistency step, or EDM Heun with 18 steps (35 NFE) for a teacher."""
+        device = self.ctx.device
+        g = torch.Generator().manual_seed(self.config.seed)
+        x = randn((n, *self.data.sample_shape), generator=g, device=device) * SIGMA_MAX
+        labels = torch.arange(n, device=device) % self.data.num_classes if self.data.num_classes else None
+        if getattr(model, "parameterization", "consistency") == "edm":
+            return sample_heun(model, x, edm_sampling_sigmas(18), class_labels=labels)
+        clip = self.data.kind == "images"
+        return sample_consistency(model, x, torch.tensor([SIGMA_MAX]), g, class_labels=labels, clip_denoised=clip)
+
+    def save_samples(self, step: int) -> Path:
+        """A sample grid (images) or scatter plot (2-D points) of the evaluation model at ``step``."""
+        samples = self.generate(self.eval_model(), self.config.num_samples)
+        path = self.output_dir / "samples" / f"step-{step:08d}.png"
+        if self.data.kind == "points" and samples.ndim == 2 and samples.shape[1] == 2:
+            reference, _ = self.data.batch(self.config.seed + 1, 0, 2000)
+            return save_scatter(samples, path, reference, title=f"{self.config.method}, step {step}")
+        if samples.ndim == 4:
+            return save_image_grid(samples, path, scale=max(1, 64 // samples.shape[-1]))
+        return path
+
+    def export(self, seconds: float, steps_run: int, train_seconds: float) -> Path:
+        """Write the pipeline directory (exported weights + scheduler), the config and the run's info."""
+        cfg = self.config
+        model = self.eval_model()
+        net = getattr(model, "net", model)
+        parameterization = getattr(model, "parameterization", parameterization_of(cfg.method))
+        n_timesteps = scheduler_num_timesteps(cfg, self.objective)
+        export_pipeline(
+            self.output_dir, net, parameterization=parameterization, num_train_timesteps=n_timesteps,
+            clip_denoised=self.data.kind == "images", tau=cfg.tau,
+        )
+        cfg.to_json(self.output_dir / CONFIG_FILE)
+        rate = cfg.exported_ema_rate
+        info = {
+            "method": cfg.method,
+            "parameterization": parameterization,
+            "exported_weights": "online" if rate is None else ema_key(rate),
+            "steps": cfg.steps,
+            "steps_this_session": steps_run,
+            "seconds_this_session": round(seconds, 3),
+            "train_step_seconds_this_session": round(train_seconds, 3),
+            "world_size": self.ctx.world_size,
+            "final_loss": self.losses[-1] if self.losses else None,
+            "scheduler_num_train_timesteps": n_timesteps,
+            "sample_shape": list(self.data.sample_shape),
+            "class_names": list(getattr(self.data, "class_names", [])),
+            "num_train_samples": len(self.data) if hasattr(self.data, "__len__") else None,
+        }
+        atomic_write_text(self.output_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")
+        return self.output_dir
+
+
+def _check_resumable(saved: TrainConfig, new: TrainConfig) -> None:
+    changed = [k for k, v in new.to_dict().items() if saved.to_dict().get(k) != v]
+    fixed = [k for k in changed if k not in RESUMABLE_CHANGES | RECOVERY_CHANGES]
+    rescue = [k for k in changed if k in RECOVERY_CHANGES]
+    if rescue:
+        warnings.warn(
+            f"resuming {new.output_dir} with changed {', '.join(rescue)}: the result will differ from a fresh run of "
+            "either config (the saved train_config.json records only the new values)",
+            stacklevel=3,
+        )
+    if fixed:
+        raise ValueError(
+            f"cannot resume {new.output_dir}: {', '.join(fixed)} differ from the saved train_config.json; resume with "
+            "the saved config (cmkit train --config DIR/train_config.json --resume) or use another output directory"
+        )
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> Path:
+    """Train as ``config`` says (on every process torchrun started) and return the output directory."""
+    ctx = setup_distributed(config.device)
+    try:
+        out = Path(config.output_dir)
+        saved_config = out / CONFIG_FILE
+        if ckpt.latest_checkpoint(out) is not None and not resume:
+            raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another output directory")
+        if resume and saved_config.is_file():
+            _check_resumable(TrainConfig.from_json(saved_config), config)
+        data = build_data(config)
+        teacher = load_teacher(config.teacher).to(ctx.device) if config.teacher else None
+        torch.manual_seed(config.seed)
+        model = build_model(config, data, teacher).to(ctx.device)
+        ctx.broadcast_module(model)
+        objective = build_objective(config, model, teacher)
+        trainer = Trainer(config, objective, data, ctx)
+        if resume and not trainer.resume() and ctx.is_main:
+            print(f"cmkit train: no checkpoint in {out}; starting from step 0", file=sys.stderr)
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            config.to_json(saved_config)
+        return trainer.run()
+    finally:
+        ctx.close()
