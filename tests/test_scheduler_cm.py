@@ -293,3 +293,11 @@ def test_constructor_errors():
 def test_grid_agrees_with_core_karras():
     s = CMStochasticIterativeScheduler(num_train_timesteps=40)
     assert torch.allclose(s.sigmas, karras_sigmas(40), rtol=1e-14, atol=0)
+
+
+def test_top_level_exports():
+    import cmkit
+    from cmkit.schedulers.tcd import TCDScheduler
+
+    assert cmkit.CMStochasticIterativeScheduler is CMStochasticIterativeScheduler
+    assert cmkit.TCDScheduler is TCDScheduler

@@ -139,9 +139,14 @@ class ConfigMixin:
 
     @classmethod
     def from_config(cls: type[T], config: Mapping[str, Any], **overrides: Any) -> T:
-        """Build an instance from a config mapping; keys starting with ``_`` are metadata and ignored."""
+        """Build an instance from a config mapping; keys starting with ``_`` are metadata and ignored.
+
+        Keys that diffusers lists in ``_use_default_values`` (never set by the user, e.g. an Euler config passed
+        to another scheduler) take this class's defaults, as in diffusers.
+        """
         keys = set(cls.config_keys())
-        merged = {**dict(config), **overrides}
+        defaulted = set(config.get("_use_default_values", None) or ())
+        merged = {**{k: v for k, v in dict(config).items() if k not in defaulted}, **overrides}
         kwargs = {k: v for k, v in merged.items() if k in keys}
         unknown = sorted(k for k in merged if k not in keys and not k.startswith("_"))
         if unknown:

@@ -11,6 +11,7 @@ The behaviour follows diffusers' scheduler protocol so a cmkit scheduler drops i
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, TypeVar
@@ -22,6 +23,13 @@ from ..config import ConfigMixin
 from ..io.hub import resolve_pretrained
 
 S = TypeVar("S", bound="SchedulerMixin")
+
+
+def require_int(name: str, value: Any, minimum: int, hint: str = "") -> int:
+    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
+    return int(value)
 
 
 @dataclasses.dataclass
@@ -47,6 +55,18 @@ class SchedulerOutput:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
+
+    def _current_step_index(self, timestep: float | Tensor) -> int:
+        """The index of the step about to run (initialising it on the first call); error past the schedule's end."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        assert self._step_index is not None
+        if self._step_index >= len(self.timesteps):
+            raise ValueError(
+                f"all {len(self.timesteps)} timesteps have been stepped through; call set_timesteps again to "
+                "sample anew"
+            )
+        return self._step_index
 
     def __len__(self) -> int:
         return len(self.keys())
@@ -108,7 +128,8 @@ class SchedulerMixin(ConfigMixin):
         if isinstance(timestep, Tensor):
             t = timestep.to(schedule.device)
         else:  # a Python float is a float64 value; compare it as one
-            t = torch.tensor(timestep, dtype=torch.float64 if isinstance(timestep, float) else None, device=schedule.device)
+            dtype = torch.float64 if isinstance(timestep, float) else None
+            t = torch.tensor(timestep, dtype=dtype, device=schedule.device)
         matches = (schedule == t).nonzero()
         if len(matches) == 0 and t.is_floating_point() and schedule.is_floating_point() and t.dtype != schedule.dtype:
             matches = (schedule.to(t.dtype) == t).nonzero()
@@ -125,6 +146,18 @@ class SchedulerMixin(ConfigMixin):
             self._step_index = self.index_for_timestep(timestep)
         else:
             self._step_index = self._begin_index
+
+    def _current_step_index(self, timestep: float | Tensor) -> int:
+        """The index of the step about to run (initialising it on the first call); error past the schedule's end."""
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        assert self._step_index is not None
+        if self._step_index >= len(self.timesteps):
+            raise ValueError(
+                f"all {len(self.timesteps)} timesteps have been stepped through; call set_timesteps again to "
+                "sample anew"
+            )
+        return self._step_index
 
     def __len__(self) -> int:
         return int(self.config.num_train_timesteps)

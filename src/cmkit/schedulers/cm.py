@@ -22,7 +22,7 @@ from torch import Tensor
 from .. import karras
 from ..config import register_to_config
 from ..rng import GeneratorArg, randn
-from .base import SchedulerMixin, SchedulerOutput
+from .base import SchedulerMixin, SchedulerOutput, require_int
 
 
 @dataclasses.dataclass
@@ -60,8 +60,7 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         rho: float = karras.RHO,
         clip_denoised: bool = True,
     ) -> None:
-        if isinstance(num_train_timesteps, bool) or int(num_train_timesteps) != num_train_timesteps or num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps must be an integer >= 2 (the Karras grid size N), got {num_train_timesteps!r}")
+        require_int("num_train_timesteps", num_train_timesteps, 2, " (the Karras grid size N)")
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
         if sigma_data <= 0 or rho <= 0:
@@ -128,7 +127,8 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
                     raise ValueError(f"`timesteps` must be strictly descending, got {values}")
             if values[0] >= n_train or values[-1] < 0:
                 raise ValueError(
-                    f"`timesteps` must be grid indices in [0, {n_train - 1}] (num_train_timesteps={n_train}), got {values}"
+                    f"`timesteps` must be grid indices in [0, {n_train - 1}] (num_train_timesteps={n_train}), "
+                    f"got {values}"
                 )
             schedule = np.array(values, dtype=np.int64)
             self.custom_timesteps = True
@@ -177,19 +177,13 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
                 "levels such as 1095.4), not a loop index from enumerate(scheduler.timesteps)"
             )
         if not self._timesteps_set:
-            raise ValueError("call set_timesteps(num_inference_steps=...) or set_timesteps(timesteps=...) before step()")
+            raise ValueError("call set_timesteps(num_inference_steps=...) or set_timesteps(timesteps=...) before step")
         if not self.is_scale_input_called:
             warnings.warn(
                 "step() was called without scale_model_input(); the model input must be scaled by c_in",
                 stacklevel=2,
             )
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        i = self._step_index
-        if i >= len(self.timesteps):
-            raise ValueError(
-                f"all {len(self.timesteps)} timesteps have been stepped through; call set_timesteps again to sample anew"
-            )
+        i = self._current_step_index(timestep)
         c = self.config
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         c_skip, c_out = karras.consistency_scalings(sigma, c.sigma_min, c.sigma_data)
@@ -197,7 +191,7 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         if c.clip_denoised:
             denoised = denoised.clamp(-1, 1)
         if len(self.timesteps) > 1:  # one-step sampling draws no noise
-            noise = randn(model_output.shape, generator=generator, device=model_output.device, dtype=model_output.dtype)
+            noise = randn(model_output.shape, generator, device=model_output.device, dtype=model_output.dtype)
         else:
             noise = torch.zeros_like(model_output)
         sigma_next = sigma_next.clamp(min=c.sigma_min, max=c.sigma_max)
