@@ -49,6 +49,10 @@ class FrozenConfig(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"FrozenConfig({dict(self._values)!r})"
 
+    def __reduce__(self):
+        """Pickle / deepcopy as a plain dict (a mappingproxy cannot be pickled), e.g. for EMA or target copies."""
+        return (FrozenConfig, (dict(self._values),))
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple):

@@ -1,0 +1,173 @@
+"""A small residual MLP network for vector data (2-D toys, flattened 8x8 digits), UNet-compatible in its call.
+
+``net(x, timestep, class_labels=None, return_dict=False)`` has the UNet2DModel signature, so
+:class:`cmkit.models.denoiser.Denoiser` wraps it exactly like the UNet: the net sees ``c_in(sigma) x`` and
+``timestep = c_noise(sigma) = 250 ln(sigma)``. Inside, ``timestep / 250 = ln(sigma)`` is embedded with
+sinusoids of geometrically spaced frequencies (Transformer / DDPM style positional features), passed
+through a two-layer MLP, optionally summed with a class embedding, and added into every residual block:
+
+    h <- h + W2 dropout(SiLU(W1 SiLU(LayerNorm(h)) + E_b(emb)))
+
+Samples of any shape are flattened (``sample_shape``, e.g. ``(2,)`` or ``(1, 8, 8)``) and reshaped back.
+With the defaults (width 128, 3 blocks, 64 embedding features) the net has 175,106 parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ConfigMixin, register_to_config
+from ..io.hub import resolve_pretrained
+from ..io.weights import WEIGHTS_NAMES, find_weights_file, load_state_dict, save_state_dict
+
+#: divides the network's timestep input (``250 ln sigma``) back to ``ln sigma``.
+TIMESTEP_PER_LOG_SIGMA = 250.0
+
+
+def sinusoidal_embedding(log_sigma: Tensor, dim: int, min_freq: float, max_freq: float) -> Tensor:
+    """``[cos(w_j s), sin(w_j s)]`` of ``s = log_sigma`` for ``dim/2`` frequencies ``w_j`` spaced geometrically."""
+    half = dim // 2
+    freqs = torch.exp(
+        torch.linspace(math.log(min_freq), math.log(max_freq), half, device=log_sigma.device, dtype=torch.float32)
+    )
+    args = log_sigma.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.emb = nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, h: Tensor, emb: Tensor) -> Tensor:
+        y = self.fc1(F.silu(self.norm(h))) + self.emb(emb)
+        return h + self.fc2(self.dropout(F.silu(y)))
+
+
+class MLPNet(nn.Module, ConfigMixin):
+    """Residual MLP ``F(c_in x, c_noise)`` for flat data; see the module docstring for the architecture."""
+
+    config_name = "config.json"
+    saved_class_name = "MLPNet"
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_shape: Sequence[int] = (2,),
+        width: int = 128,
+        num_blocks: int = 3,
+        embedding_dim: int = 64,
+        num_class_embeds: Optional[int] = None,
+        dropout: float = 0.0,
+        min_frequency: float = 0.1,
+        max_frequency: float = 30.0,
+    ) -> None:
+        super().__init__()
+        shape = tuple(int(s) for s in sample_shape)
+        if not shape or any(s < 1 for s in shape):
+            raise ValueError(f"sample_shape must be a non-empty tuple of positive sizes, got {sample_shape!r}")
+        if width < 1 or num_blocks < 0:
+            raise ValueError(f"need width >= 1 and num_blocks >= 0, got width={width}, num_blocks={num_blocks}")
+        if embedding_dim < 2 or embedding_dim % 2:
+            raise ValueError(f"embedding_dim must be an even number >= 2, got {embedding_dim}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if not 0.0 < min_frequency <= max_frequency:
+            raise ValueError(f"need 0 < min_frequency <= max_frequency, got {min_frequency}, {max_frequency}")
+        if num_class_embeds is not None and num_class_embeds < 1:
+            raise ValueError(f"num_class_embeds must be None or >= 1, got {num_class_embeds}")
+        self._sample_shape = shape
+        features = math.prod(shape)
+        self.embedding_dim = embedding_dim
+        self.min_frequency = float(min_frequency)
+        self.max_frequency = float(max_frequency)
+        self.time_mlp = nn.Sequential(nn.Linear(embedding_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.class_embedding = nn.Embedding(num_class_embeds, width) if num_class_embeds else None
+        self.input = nn.Linear(features, width)
+        self.blocks = nn.ModuleList(_ResidualBlock(width, dropout) for _ in range(num_blocks))
+        self.out_norm = nn.LayerNorm(width)
+        self.output = nn.Linear(width, features)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, without the batch dimension (e.g. ``(2,)``)."""
+        return self._sample_shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype."""
+        return self.input.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The parameters' device."""
+        return self.input.weight.device
+
+    def forward(
+        self,
+        sample: Tensor,
+        timestep: Tensor | float,
+        class_labels: Optional[Tensor] = None,
+        return_dict: bool = False,
+    ) -> tuple[Tensor] | dict[str, Tensor]:
+        """``F(sample, timestep)`` with the UNet2DModel call signature; ``timestep`` is ``250 ln sigma``."""
+        batch = sample.shape[0]
+        if tuple(sample.shape[1:]) != self._sample_shape:
+            raise ValueError(
+                f"MLPNet expects samples of shape [B, {', '.join(map(str, self._sample_shape))}], got "
+                f"{tuple(sample.shape)}; build it with sample_shape={tuple(sample.shape[1:])}"
+            )
+        t = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        emb = self.time_mlp(
+            sinusoidal_embedding(t / TIMESTEP_PER_LOG_SIGMA, self.embedding_dim, self.min_frequency, self.max_frequency)
+        )
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("this MLPNet is class-conditional (num_class_embeds set): pass class_labels")
+            emb = emb + self.class_embedding(class_labels.to(sample.device).long())
+        elif class_labels is not None:
+            raise ValueError("class_labels were given but this MLPNet has no class embedding (num_class_embeds=None)")
+        emb = emb.to(self.dtype)
+        h = self.input(sample.reshape(batch, -1).to(self.dtype))
+        for block in self.blocks:
+            h = block(h, emb)
+        out = self.output(F.silu(self.out_norm(h))).reshape(sample.shape)
+        return {"sample": out} if return_dict else (out,)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` into ``save_directory``."""
+        directory = Path(save_directory)
+        self.save_config(directory)
+        save_state_dict(self.state_dict(), directory / WEIGHTS_NAMES[0])
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, subfolder: Optional[str] = None) -> "MLPNet":
+        """Load a net saved by :meth:`save_pretrained` (a local directory or a hub id)."""
+        directory = resolve_pretrained(name_or_path)
+        if subfolder:
+            directory = directory / subfolder
+        config = cls.load_config(directory)
+        if config.get("_class_name", cls.saved_class_name) != cls.saved_class_name:
+            raise ValueError(f"{directory} holds a {config['_class_name']}, not an {cls.saved_class_name}")
+        net = cls.from_config(config)
+        state = load_state_dict(find_weights_file(directory))
+        net.load_state_dict(state, strict=True)
+        return net
+
+    def num_parameters(self) -> int:
+        """The number of parameters."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,124 @@
+"""Consistency distillation (Song et al. 2023, Algorithm 2) from an EDM teacher.
+
+For a pair of adjacent points ``sigma_{n+1} > sigma_n`` of the N-point Karras grid (``n`` uniform) and
+``z ~ N(0, I)``: ``x_{n+1} = x0 + sigma_{n+1} z``; the teacher takes one ODE step to
+``x_hat_n = Phi(x_{n+1}, sigma_{n+1} -> sigma_n)`` (Heun or Euler, :mod:`cmkit.sampling`); the loss is
+``d(f_theta(x_{n+1}, sigma_{n+1}), f_theta^-(x_hat_n, sigma_n))`` and the target ``theta^-`` follows
+``theta`` with EMA rate ``mu`` (0.95 in the paper; 0 uses the online network under stop-gradient).
+The student starts from the teacher's weights, with dropout 0 (OpenAI's recipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
+from ...sampling import euler_step, heun_step
+from ..losses import LossName, make_distance
+from ..random import StepRandom
+from ..schedules import training_grid
+from .base import ObjectiveOutput
+from .common import (
+    check_batch,
+    copy_teacher_weights_,
+    ema_update_,
+    follow_device_,
+    frozen_copy,
+    per_sample,
+    set_dropout_,
+)
+
+Solver = Literal["heun", "euler"]
+
+
+@dataclass
+class CDOptions:
+    """Options of :class:`CDObjective`; ``num_scales`` is N (18 suits the toys, 40 is the paper's ImageNet value)."""
+
+    num_scales: int = 18
+    solver: Solver = "heun"
+    target_ema: float = 0.95
+    loss: LossName = "l2"
+    huber_c: Optional[float] = None
+    lpips_weights: Optional[str] = None
+    init_from_teacher: bool = True
+    student_dropout: Optional[float] = 0.0
+    sigma_min: float = SIGMA_MIN
+    sigma_max: float = SIGMA_MAX
+    rho: float = RHO
+
+    def __post_init__(self) -> None:
+        if self.num_scales < 2:
+            raise ValueError(f"num_scales must be >= 2, got {self.num_scales}")
+        if self.solver not in ("heun", "euler"):
+            raise ValueError(f"solver must be 'heun' or 'euler', got {self.solver!r}")
+        if not 0.0 <= self.target_ema < 1.0:
+            raise ValueError(f"target_ema must lie in [0, 1), got {self.target_ema}")
+
+
+class CDObjective:
+    """Consistency distillation: match the student at ``sigma_{n+1}`` to the target after one teacher ODE step."""
+
+    def __init__(self, model: nn.Module, teacher: nn.Module, options: Optional[CDOptions] = None) -> None:
+        if teacher is None:
+            raise ValueError("consistency distillation needs a teacher: pass teacher=<EDM Denoiser>")
+        self.options = o = options or CDOptions()
+        if o.init_from_teacher:
+            copy_teacher_weights_(model, teacher)
+        if o.student_dropout is not None:
+            set_dropout_(model, o.student_dropout)
+        self.model = model
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.target: Optional[nn.Module] = frozen_copy(model) if o.target_ema > 0 else None
+        self.distance = make_distance(o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights)
+        self.sigmas = training_grid(o.num_scales, o.sigma_min, o.sigma_max, o.rho)
+        self._solver = heun_step if o.solver == "heun" else euler_step
+
+    def teacher_step(
+        self, x: Tensor, sigma: Tensor, sigma_next: Tensor, class_labels: Optional[Tensor] = None
+    ) -> Tensor:
+        """One teacher step of the PF-ODE from ``sigma`` down to ``sigma_next`` (per-sample ``[B]`` tensors)."""
+        with torch.no_grad():
+            return self._solver(self.teacher, x, sigma, sigma_next, class_labels)
+
+    def __call__(self, x0: Tensor, class_labels: Optional[Tensor], step: int, rng: StepRandom) -> ObjectiveOutput:
+        """The distillation loss on ``x0`` (CM Algorithm 2, lines 4-8)."""
+        check_batch(x0, rng)
+        follow_device_(self.teacher, x0.device)
+        follow_device_(self.target, x0.device)
+        n = rng.randint(self.options.num_scales - 1)
+        sigma_hi = per_sample(self.sigmas[n], x0)
+        sigma_lo = per_sample(self.sigmas[n + 1], x0)
+        z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
+        x_hi = x0 + append_dims(sigma_hi, x0.ndim) * z
+        x_lo = self.teacher_step(x_hi, sigma_hi, sigma_lo, class_labels)
+        target_net = self.target if self.target is not None else self.model
+        with torch.no_grad():
+            if self.target is not None:
+                self.target.train(self.model.training)
+            target = target_net(x_lo, sigma_lo, class_labels)
+        pred = self.model(x_hi, sigma_hi, class_labels)
+        loss = self.distance(pred, target.detach()).mean()
+        return ObjectiveOutput(
+            loss, {"loss": float(loss.detach()), "N": float(self.options.num_scales), "mu": self.options.target_ema}
+        )
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Move the target towards the student with rate ``mu`` (CM Algorithm 2, line 10)."""
+        if self.target is not None:
+            ema_update_(self.target, self.model, self.options.target_ema)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The target network's weights (empty when ``target_ema == 0``)."""
+        return {"target": self.target.state_dict()} if self.target is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the target network."""
+        if self.target is not None:
+            if "target" not in state:
+                raise ValueError("checkpoint lacks the CD target network ('target'); was it saved by a CD run?")
+            self.target.load_state_dict(state["target"])
