@@ -37,7 +37,7 @@ def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
     """A fresh network for ``data``: the MLP for points, a UNet preset for images (``model='auto'`` picks)."""
     name = config.model
     if name == "auto":
-        name = "mlp" if data.kind == "points" else "tiny"
+        name = "mlp" if data.kind == "points" else ("tiny" if max(data.sample_shape[1:]) <= 16 else "small")
     num_classes = data.num_classes or None
     options = dict(config.model_options)
     if name == "mlp":

@@ -67,7 +67,8 @@ class TrainConfig:
 
     method: Method = "ict"
     data: DataConfig = field(default_factory=DataConfig)
-    #: a UNet preset name (cmkit.models.presets), ``mlp``, or ``auto`` (mlp for 2-D toys, ``tiny`` for images).
+    #: a UNet preset name (cmkit.models.presets), ``mlp``, or ``auto`` (mlp for 2-D toys; UNet ``tiny`` up to
+    #: 16 pixels, ``small`` above).
     model: str = "auto"
     #: constructor overrides for the network, e.g. ``{"width": 64}`` or ``{"dropout": 0.1}``.
     model_options: dict[str, Any] = field(default_factory=dict)

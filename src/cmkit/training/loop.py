@@ -56,10 +56,11 @@ INFO_FILE = "training_info.json"
 METRICS_FILE = "metrics.jsonl"
 #: fields that may change between a run and its resumption without changing the trained weights.
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "save_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "progress", "device", "tau", "scheduler_timesteps"}
+    {"save_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "progress", "device", "tau", "scheduler_timesteps"}
 )
-#: fields that may change on resumption to rescue a diverging run (the result then differs from a fresh run).
-RECOVERY_CHANGES = frozenset({"lr", "grad_clip", "precision", "warmup_steps", "lr_schedule", "min_lr_ratio"})
+#: fields that may change on resumption, e.g. to extend a run or rescue a diverging one; the result then differs
+#: from a fresh run of either config (schedules such as N(k) and the cosine decay depend on ``steps``).
+RECOVERY_CHANGES = frozenset({"steps", "lr", "grad_clip", "precision", "warmup_steps", "lr_schedule", "min_lr_ratio"})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,10 +119,10 @@ class Trainer:
     def save(self, step: int) -> Path:
         """Checkpoint after ``step`` optimizer steps (main process writes; every process waits)."""
         path = ckpt.checkpoint_dir(self.output_dir, step)
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]  # same on every process
+        if bad:
+            raise NonFiniteLossError(f"weights became non-finite ({bad[0]}, ...) at step {step}; not saving them")
         if self.ctx.is_main:
-            bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
-            if bad:
-                raise NonFiniteLossError(f"weights became non-finite ({bad[0]}, ...) at step {step}; not saving them")
             state = {
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
@@ -226,7 +227,7 @@ class Trainer:
                     log.append({"step": k, "loss": loss, "lr": learning_rate(cfg, step), "grad_norm": grad_norm, "samples_per_s": rate, **metrics})
                 if cfg.save_every and k % cfg.save_every == 0 and k < cfg.steps:
                     self._flush_log(log)
-                    self.save(k)
+                    self._save_or_stop(k)
                 if cfg.sample_every and k % cfg.sample_every == 0 and k < cfg.steps and ctx.is_main:
                     self.save_samples(k)
         finally:
@@ -237,12 +238,18 @@ class Trainer:
                 save_loss_curve(self.losses, self.output_dir / "loss.png", title=f"{cfg.method} on {cfg.data.spec()}")
         seconds = time.perf_counter() - t_start
         if self.start_step < cfg.steps or self.last_checkpoint is None:
-            self.save(cfg.steps)
+            self._save_or_stop(cfg.steps)
         if ctx.is_main:
             self.save_samples(cfg.steps)
             self.export(seconds, done, train_seconds)
         ctx.barrier()
         return self.output_dir
+
+    def _save_or_stop(self, step: int) -> Path:
+        try:
+            return self.save(step)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(self._stop_message(str(err))) from None
 
     def _stop_message(self, what: str) -> str:
         where = (

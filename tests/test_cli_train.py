@@ -1,0 +1,138 @@
+"""``cmkit train`` end to end on tiny runs: every method, the three data kinds, config reproduction, resume, errors."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from cmkit.cli import main
+from cmkit.io.weights import load_state_dict
+from cmkit.training import checkpoint as ckpt
+
+TINY_MLP = ["--model-option", "width=16", "--model-option", "num_blocks=1", "--model-option", "embedding_dim=8"]
+FAST = ["--no-progress", "--num-samples", "8", "--batch-size", "8", "--seed", "1"]
+
+
+def weights(directory):
+    return load_state_dict(directory / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "teacher"
+    rc = main(["train", "--method", "edm", "--data", "toy:moons", "--steps", "3", "--lr", "2e-3", "--output", str(out), *TINY_MLP, *FAST])
+    assert rc == 0
+    return out
+
+
+def test_help_shows_cd_ict_and_ect_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for example in ("--method cd --teacher", "--method ict --data digits", "--method ect --teacher", "torchrun", "--resume"):
+        assert example in text
+
+
+def test_teacher_then_cd_and_ect(teacher, tmp_path, capsys):
+    from cmkit import ConsistencyModelPipeline
+
+    index = json.loads((teacher / "model_index.json").read_text())
+    assert index["cmkit_parameterization"] == "edm" and index["unet"] == ["cmkit", "MLPNet"]
+    cd = tmp_path / "cd"
+    assert main(["train", "--method", "cd", "--teacher", str(teacher), "--data", "toy:moons", "--steps", "2",
+                 "--option", "num_scales=6", "--tau", "0.3", "--output", str(cd), *FAST]) == 0
+    assert "trained cd for 2 steps" in capsys.readouterr().out
+    scheduler = json.loads((cd / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["num_train_timesteps"] == 6 and scheduler["clip_denoised"] is False  # 2-D points: no [-1, 1] clip
+    assert json.loads((cd / "model_index.json").read_text())["cmkit_default_timesteps"] == {"2": [4, 0]}  # sigma 0.3
+    pipe = ConsistencyModelPipeline.from_pretrained(cd)
+    points = pipe(batch_size=5, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert points.shape == (5, 2) and torch.isfinite(points).all()
+    ect = tmp_path / "ect"
+    assert main(["train", "--method", "ect", "--teacher", str(teacher), "--data", "toy:moons", "--steps", "2",
+                 "--option", "steps_per_stage=1", "--output", str(ect), *FAST]) == 0
+    assert json.loads((ect / "training_info.json").read_text())["parameterization"] == "consistency"
+    # a consistency model is no teacher
+    assert main(["train", "--method", "cd", "--teacher", str(cd), "--data", "toy:moons", "--steps", "1",
+                 "--output", str(tmp_path / "bad"), *FAST]) == 1
+    assert "not an EDM denoiser" in capsys.readouterr().err
+
+
+def test_ict_on_digits_with_a_unet(tmp_path):
+    out = tmp_path / "ict"
+    assert main(["train", "--method", "ict", "--data", "digits", "--model", "tiny", "--steps", "2", "--output", str(out),
+                 "--model-option", "block_out_channels=[16, 32]", *FAST]) == 0
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["class_names"] == [str(c) for c in range(10)] and info["sample_shape"] == [1, 8, 8]
+    unet = json.loads((out / "unet" / "config.json").read_text())
+    assert unet["_class_name"] == "UNet2DModel" and unet["num_class_embeds"] == 10 and unet["in_channels"] == 1
+    assert json.loads((out / "scheduler" / "scheduler_config.json").read_text())["clip_denoised"] is True
+    assert Image.open(out / "samples" / "step-00000002.png").size == (3 * 64, 3 * 64)  # 8 samples of 8x8 upscaled 8x, 3 columns
+
+
+def test_ct_on_an_image_folder(tmp_path):
+    for name, color in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        for i in range(3):
+            (tmp_path / "imgs" / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (12, 10), color).save(tmp_path / "imgs" / name / f"{i}.png")
+    (tmp_path / "imgs" / "red" / "bad.png").write_bytes(b"garbage")
+    out = tmp_path / "ct"
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        rc = main(["train", "--method", "ct", "--data", f"folder:{tmp_path / 'imgs'}", "--resolution", "8", "--flip",
+                   "--model", "tiny", "--model-option", "block_out_channels=[16, 32]", "--steps", "2",
+                   "--output", str(out), *FAST])
+    assert rc == 0
+    info = json.loads((out / "training_info.json").read_text())
+    assert info["class_names"] == ["blue", "red"] and info["num_train_samples"] == 6
+    saved = json.loads((out / "train_config.json").read_text())
+    assert saved["data"]["kind"] == "folder" and saved["data"]["flip"] is True and saved["data"]["resolution"] == 8
+
+
+def test_config_alone_reproduces_the_run_and_flags_override(tmp_path, capsys):
+    first = tmp_path / "first"
+    args = ["train", "--method", "ict", "--data", "toy:8gaussians", "--steps", "3", "--lr", "3e-3", *TINY_MLP, *FAST]
+    assert main([*args, "--output", str(first)]) == 0
+    second = tmp_path / "second"
+    assert main(["train", "--config", str(first / "train_config.json"), "--output", str(second)]) == 0
+    assert same_weights(weights(first), weights(second))
+    capsys.readouterr()
+    assert main(["train", "--config", str(first / "train_config.json"), "--lr", "0.5", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["lr"] == 0.5 and printed["steps"] == 3 and printed["model_options"]["width"] == 16
+
+
+def test_resume_after_a_lost_step(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--method", "edm", "--data", "toy:moons", "--steps", "3", "--save-every", "1",
+            "--keep-checkpoints", "0", "--output", str(out), *TINY_MLP, *FAST]
+    assert main(args) == 0
+    finished = weights(out)
+    assert main(args) == 1  # the directory holds a run: no silent overwrite
+    shutil.rmtree(ckpt.checkpoint_dir(out, 3))  # as if the process died during the last step
+    shutil.rmtree(out / "unet")
+    (out / "checkpoints" / "latest.json").unlink()
+    assert main(["train", "--output", str(out), "--resume", "--no-progress"]) == 0
+    assert same_weights(finished, weights(out))
+    assert json.loads((out / "training_info.json").read_text())["steps_this_session"] == 1
+
+
+def test_errors(tmp_path, capsys):
+    assert main(["train", "--data", "imagenet", "--output", str(tmp_path / "a")]) == 1
+    assert "cannot read the data spec" in capsys.readouterr().err
+    assert main(["train", "--method", "cd", "--data", "toy:moons", "--output", str(tmp_path / "b")]) == 1
+    assert "--teacher DIR" in capsys.readouterr().err
+    assert main(["train", "--data", "toy:moons", "--option", "bogus=1", "--output", str(tmp_path / "c"), *FAST]) == 1
+    assert "unknown option(s) for method 'ict': bogus" in capsys.readouterr().err
+    assert main(["train", "--data", "toy:moons", "--model", "huge", "--output", str(tmp_path / "d"), *FAST]) == 1
+    assert "UNet for images" in capsys.readouterr().err
+    rc = main(["train", "--method", "edm", "--data", "toy:moons", "--steps", "20", "--lr", "1e30", "--grad-clip", "0",
+               "--save-every", "1", "--output", str(tmp_path / "e"), *TINY_MLP, *FAST])
+    assert rc == 3
+    err = capsys.readouterr().err
+    assert "training stopped" in err and "last good checkpoint" in err
