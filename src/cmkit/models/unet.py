@@ -1,0 +1,336 @@
+"""``UNet2DModel``: cmkit's own implementation of the diffusers UNet used by every consistency-model checkpoint.
+
+The network is the ADM UNet (Dhariwal & Nichol 2021) that Song et al. (2023, appendix C) use for ImageNet-64 and
+LSUN-256: an encoder of residual blocks (with self-attention at low resolutions), a middle block, and a decoder that
+concatenates the encoder's skip activations; a sinusoidal time embedding (plus an optional class embedding) conditions
+every residual block. The constructor arguments, saved ``config.json``, state-dict keys and outputs equal diffusers'
+``UNet2DModel`` (version 0.42), so either library loads the other's directories.
+
+Deliberate differences from diffusers: a Python ``float`` timestep stays fractional (diffusers truncates it to an
+int); timesteps are moved to the sample's device; configs this class cannot build exactly, unknown config keys and
+spatial sizes the UNet cannot round-trip raise ``ValueError`` instead of building a different network or failing deep
+inside the forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ConfigMixin, register_to_config
+from .layers import TimestepEmbedding, activation, timestep_embedding
+from .modeling import PretrainedMixin
+from .unet_blocks import DownStage, MidStage, StageSettings, UpStage
+
+#: down block type -> (has attention, downsampler kind; ``None`` = take ``downsample_type`` from the config)
+DOWN_BLOCKS: dict[str, tuple[bool, Optional[str]]] = {
+    "DownBlock2D": (False, "conv"),
+    "ResnetDownsampleBlock2D": (False, "resnet"),
+    "AttnDownBlock2D": (True, None),
+}
+#: up block type -> (has attention, upsampler kind; ``None`` = take ``upsample_type`` from the config)
+UP_BLOCKS: dict[str, tuple[bool, Optional[str]]] = {
+    "UpBlock2D": (False, "conv"),
+    "ResnetUpsampleBlock2D": (False, "resnet"),
+    "AttnUpBlock2D": (True, None),
+}
+#: metadata keys diffusers writes into config.json that do not describe the network (ignored on load).
+IGNORED_CONFIG_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
+
+TimeEmbeddingType = Literal["positional", "learned"]
+ClassEmbedType = Optional[Literal["timestep", "identity"]]
+
+
+@dataclass
+class UNet2DOutput:
+    """The output of :class:`UNet2DModel`: ``.sample``, also reachable as ``out[0]`` or ``out["sample"]``."""
+
+    sample: Tensor
+
+    def __getitem__(self, key: Union[int, str]) -> Tensor:
+        if key in (0, "sample"):
+            return self.sample
+        raise KeyError(f"UNet2DOutput has only 'sample' (index 0), not {key!r}")
+
+    def to_tuple(self) -> tuple[Tensor]:
+        """``(sample,)``."""
+        return (self.sample,)
+
+
+def _block_kind(block_type: str, table: Mapping[str, tuple[bool, Optional[str]]], key: str) -> tuple[bool, Optional[str]]:
+    name = block_type[7:] if block_type.startswith("UNetRes") else block_type  # diffusers' legacy alias prefix
+    if name not in table:
+        raise ValueError(f"{key} contains {block_type!r}, which cmkit's UNet2DModel does not build; supported: {sorted(table)}")
+    return table[name]
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not supported; use one of {list(allowed)}")
+
+
+def _validate_config(cfg: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the key for any config value this class cannot build exactly as diffusers does."""
+    if cfg["time_embedding_type"] == "fourier":
+        raise ValueError(
+            "time_embedding_type='fourier' (the NCSN++ score-SDE UNet) is not supported by cmkit's UNet2DModel; "
+            "use 'positional' (all consistency checkpoints) or 'learned'"
+        )
+    _check_choice("time_embedding_type", cfg["time_embedding_type"], ("positional", "learned"))
+    if cfg["time_embedding_type"] == "learned" and not cfg["num_train_timesteps"]:
+        raise ValueError("time_embedding_type='learned' needs num_train_timesteps (the size of its table)")
+    down, up, channels = list(cfg["down_block_types"]), list(cfg["up_block_types"]), list(cfg["block_out_channels"])
+    if len(down) != len(up):
+        raise ValueError(
+            f"down_block_types has {len(down)} entries but up_block_types has {len(up)}; give both the same length"
+        )
+    if len(channels) != len(down):
+        raise ValueError(
+            f"block_out_channels has {len(channels)} entries but down_block_types has {len(down)}; "
+            "give one channel count per block"
+        )
+    if not down:
+        raise ValueError("down_block_types is empty; a UNet needs at least one block")
+    for block_type in down:
+        _block_kind(block_type, DOWN_BLOCKS, "down_block_types")
+    for block_type in up:
+        _block_kind(block_type, UP_BLOCKS, "up_block_types")
+    _check_choice("mid_block_type", cfg["mid_block_type"], ("UNetMidBlock2D", None))
+    _check_choice("downsample_type", cfg["downsample_type"], ("conv", "resnet"))
+    _check_choice("upsample_type", cfg["upsample_type"], ("conv", "resnet"))
+    _check_choice("resnet_time_scale_shift", cfg["resnet_time_scale_shift"], ("default", "scale_shift"))
+    _check_choice("class_embed_type", cfg["class_embed_type"], (None, "timestep", "identity"))
+    _check_choice("downsample_padding", cfg["downsample_padding"], (0, 1))
+    layers, groups, attn_groups = cfg["layers_per_block"], cfg["norm_num_groups"], cfg["attn_norm_num_groups"]
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"layers_per_block={layers!r} must be a positive int (one count for all blocks)")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"norm_num_groups={groups!r} must be a positive int")
+    if any(c % groups for c in channels):
+        raise ValueError(f"block_out_channels {channels} must all be divisible by norm_num_groups={groups}")
+    if attn_groups is not None and channels[-1] % attn_groups:
+        raise ValueError(f"attn_norm_num_groups={attn_groups} must divide the middle block's {channels[-1]} channels")
+    head_dim = cfg["attention_head_dim"]
+    if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1):
+        raise ValueError(f"attention_head_dim={head_dim!r} must be a positive int or None")
+    activation(cfg["act_fn"])  # raises for an unknown activation name
+
+
+class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
+    """The diffusers-compatible UNet: ``forward(sample, timestep, class_labels=None, return_dict=True)``."""
+
+    config_name = "config.json"
+    saved_class_name = "UNet2DModel"
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: Optional[Union[int, tuple[int, int]]] = None,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        center_input_sample: bool = False,
+        time_embedding_type: str = "positional",
+        time_embedding_dim: Optional[int] = None,
+        freq_shift: int = 0,
+        flip_sin_to_cos: bool = True,
+        down_block_types: tuple[str, ...] = ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        mid_block_type: Optional[str] = "UNetMidBlock2D",
+        up_block_types: tuple[str, ...] = ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        block_out_channels: tuple[int, ...] = (224, 448, 672, 896),
+        layers_per_block: int = 2,
+        mid_block_scale_factor: float = 1,
+        downsample_padding: int = 1,
+        downsample_type: str = "conv",
+        upsample_type: str = "conv",
+        dropout: float = 0.0,
+        act_fn: str = "silu",
+        attention_head_dim: Optional[int] = 8,
+        norm_num_groups: int = 32,
+        attn_norm_num_groups: Optional[int] = None,
+        norm_eps: float = 1e-5,
+        resnet_time_scale_shift: str = "default",
+        add_attention: bool = True,
+        class_embed_type: Optional[str] = None,
+        num_class_embeds: Optional[int] = None,
+        num_train_timesteps: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        down_block_types, up_block_types = tuple(down_block_types), tuple(up_block_types)
+        block_out_channels = tuple(int(c) for c in block_out_channels)
+        _validate_config(self.config)
+        self._center_input_sample = bool(center_input_sample)
+        self._class_embed_type = class_embed_type
+        self._flip_sin_to_cos = bool(flip_sin_to_cos)
+        self._freq_shift = float(freq_shift)
+        self.sample_size = sample_size
+        c0 = block_out_channels[0]
+        time_embed_dim = time_embedding_dim or c0 * 4
+
+        self.conv_in = nn.Conv2d(in_channels, c0, kernel_size=3, padding=1)
+        # "positional" has no parameters; "learned" is an embedding table named like diffusers' ``time_proj``.
+        self.time_proj = nn.Embedding(num_train_timesteps, c0) if time_embedding_type == "learned" else None
+        self.time_embedding = TimestepEmbedding(c0, time_embed_dim)
+        if class_embed_type is None and num_class_embeds is not None:
+            self.class_embedding: Optional[nn.Module] = nn.Embedding(num_class_embeds, time_embed_dim)
+        elif class_embed_type == "timestep":
+            self.class_embedding = TimestepEmbedding(c0, time_embed_dim)
+        elif class_embed_type == "identity":
+            self.class_embedding = nn.Identity()
+        else:
+            self.class_embedding = None
+        self.temb_act = activation(act_fn)
+
+        settings = StageSettings(time_embed_dim, norm_num_groups, norm_eps, act_fn, resnet_time_scale_shift, dropout)  # type: ignore[arg-type]
+        n = len(block_out_channels)
+        self.down_blocks = nn.ModuleList()
+        out_ch = c0
+        for i, block_type in enumerate(down_block_types):
+            in_ch, out_ch = out_ch, block_out_channels[i]
+            has_attn, resample = _block_kind(block_type, DOWN_BLOCKS, "down_block_types")
+            self.down_blocks.append(
+                DownStage(
+                    in_ch,
+                    out_ch,
+                    layers_per_block,
+                    attention_head_dim=(attention_head_dim or out_ch) if has_attn else None,
+                    downsample=None if i == n - 1 else (resample or downsample_type),  # type: ignore[arg-type]
+                    downsample_padding=downsample_padding,
+                    settings=settings,
+                )
+            )
+
+        self.up_blocks = nn.ModuleList()  # registered before mid_block, as in diffusers (state-dict key order)
+        self.mid_block: Optional[MidStage] = None
+        if mid_block_type is not None:
+            if attn_norm_num_groups is None and resnet_time_scale_shift == "default":
+                attn_norm_num_groups = norm_num_groups  # diffusers' rule: only "default" gets a norm by default
+            mid_settings = dataclasses.replace(settings, output_scale_factor=float(mid_block_scale_factor))
+            self.mid_block = MidStage(
+                block_out_channels[-1],
+                attention_head_dim=(attention_head_dim or block_out_channels[-1]) if add_attention else None,
+                attn_groups=attn_norm_num_groups,
+                settings=mid_settings,
+            )
+
+        rev = list(reversed(block_out_channels))
+        out_ch = rev[0]
+        for i, block_type in enumerate(up_block_types):
+            prev_ch, out_ch = out_ch, rev[i]
+            in_ch = rev[min(i + 1, n - 1)]
+            has_attn, resample = _block_kind(block_type, UP_BLOCKS, "up_block_types")
+            self.up_blocks.append(
+                UpStage(
+                    in_ch,
+                    prev_ch,
+                    out_ch,
+                    layers_per_block + 1,
+                    attention_head_dim=(attention_head_dim or out_ch) if has_attn else None,
+                    upsample=None if i == n - 1 else (resample or upsample_type),  # type: ignore[arg-type]
+                    settings=settings,
+                )
+            )
+
+        self.conv_norm_out = nn.GroupNorm(norm_num_groups, c0, eps=norm_eps)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(c0, out_channels, kernel_size=3, padding=1)
+        self._downsample_factor = 2 ** (n - 1)
+
+    def _timesteps(self, timestep: Union[Tensor, float, int], batch: int, device: torch.device) -> Tensor:
+        """A 1-d tensor of ``batch`` timesteps from a number, a 0-d tensor, or a 1-d tensor of length 1 or ``batch``."""
+        if torch.is_tensor(timestep):
+            t = timestep.to(device)
+            if t.ndim == 0:
+                t = t[None]
+            elif t.ndim != 1 or t.shape[0] not in (1, batch):
+                raise ValueError(
+                    f"timestep has shape {tuple(t.shape)}; pass a number, a 0-d tensor or a 1-d tensor of length "
+                    f"1 or the batch size {batch}"
+                )
+        elif isinstance(timestep, numbers.Real) and not isinstance(timestep, bool):
+            dtype = torch.long if isinstance(timestep, numbers.Integral) else torch.float32
+            t = torch.tensor([timestep], dtype=dtype, device=device)
+        else:
+            raise TypeError(f"timestep must be a number or a tensor, got {type(timestep).__name__}")
+        return t.expand(batch)
+
+    def forward(
+        self,
+        sample: Tensor,
+        timestep: Union[Tensor, float, int],
+        class_labels: Optional[Tensor] = None,
+        return_dict: bool = True,
+    ) -> Union[UNet2DOutput, tuple[Tensor]]:
+        """Predict from a ``[B, C, H, W]`` sample at ``timestep`` (the network's noise input ``c_noise``)."""
+        if sample.ndim != 4:
+            raise ValueError(f"sample must have shape [B, C, H, W], got {tuple(sample.shape)}")
+        f = self._downsample_factor
+        if sample.shape[-2] % f or sample.shape[-1] % f:
+            raise ValueError(
+                f"sample height and width must be multiples of {f} (2 ** (len(block_out_channels) - 1)) so the "
+                f"decoder can match the encoder's skips; got {tuple(sample.shape[-2:])}"
+            )
+        if self._center_input_sample:
+            sample = 2 * sample - 1.0
+        param_dtype = self.time_embedding.linear_1.weight.dtype
+        t = self._timesteps(timestep, sample.shape[0], sample.device)
+        emb = self.time_embedding(self._project_time(t).to(param_dtype))
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError(
+                    "this UNet is class-conditional (num_class_embeds or class_embed_type is set); pass class_labels"
+                )
+            if not torch.is_tensor(class_labels):
+                class_labels = torch.as_tensor(class_labels, device=sample.device)
+            if self._class_embed_type == "timestep":
+                class_labels = self._project_time(class_labels).to(param_dtype)
+            emb = emb + self.class_embedding(class_labels).to(param_dtype)
+        elif class_labels is not None:
+            raise ValueError("class_labels were given but this UNet is unconditional (num_class_embeds is None)")
+        temb_act = self.temb_act(emb)
+
+        h = self.conv_in(sample)
+        skips = [h]
+        for down in self.down_blocks:
+            h, res = down(h, temb_act)
+            skips.extend(res)
+        if self.mid_block is not None:
+            h = self.mid_block(h, temb_act)
+        for up in self.up_blocks:
+            k = len(up.resnets)
+            h = up(h, skips[-k:], temb_act)
+            skips = skips[:-k]
+        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
+        if not return_dict:
+            return (h,)
+        return UNet2DOutput(sample=h)
+
+    def _project_time(self, t: Tensor) -> Tensor:
+        if self.time_proj is not None:
+            return self.time_proj(t)
+        return timestep_embedding(t, self.conv_in.out_channels, self._flip_sin_to_cos, self._freq_shift)
+
+    @classmethod
+    def _handle_unknown_config_keys(cls, unknown: list[str], config: Mapping[str, Any]) -> None:
+        """Unknown keys mean a config for another network: refuse rather than build something different."""
+        raise ValueError(
+            f"config has keys UNet2DModel does not take: {', '.join(unknown)}. It was probably written for another "
+            f"model class; UNet2DModel takes {', '.join(cls.config_keys())} (plus metadata {', '.join(IGNORED_CONFIG_KEYS)})"
+        )
+
+    @classmethod
+    def convert_legacy_state_dict(cls, state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+        """Rename old diffusers attention keys (``query``/``key``/``value``/``proj_attn``) to ``to_q``/.../``to_out.0``."""
+        renames = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+        out: dict[str, Tensor] = {}
+        for name, tensor in state_dict.items():
+            prefix, _, leaf = name.rpartition(".")
+            path, _, module = prefix.rpartition(".")
+            if ".attentions." in f".{path}." and module in renames and leaf in ("weight", "bias"):
+                name = f"{path}.{renames[module]}.{leaf}"
+            out[name] = tensor
+        return out
