@@ -79,7 +79,8 @@ def calibration(model: DigitsClassifier, draws: int = 5) -> dict[str, tuple[floa
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
         gauss.append(fd_digits(fitted.sample((DRAW_SIZE,)).float().reshape(-1, 1, 8, 8).clamp(-1, 1), model))
     stats = lambda v: (float(torch.tensor(v).mean()), float(torch.tensor(v).std()))  # noqa: E731
-    return {"floor": fd_digits_floor(classifier=model), "train + N(0, 0.1^2)": stats(noisy), "Gaussian fit": stats(gauss)}
+    floor = fd_digits_floor(classifier=model)
+    return {"floor": floor, "train + N(0, 0.1^2)": stats(noisy), "Gaussian fit": stats(gauss)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,4 @@
 import importlib.util
-import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -155,16 +153,20 @@ def test_classifier_save_and_load_round_trip(tmp_path):
     assert torch.equal(again.features(x[:8]), model.features(x[:8]))
 
 
-def test_training_script_is_deterministic(tmp_path):
-    script = ROOT / "scripts" / "train_digits_classifier.py"
-    outs = []
-    for name in ("a", "b"):
-        result = subprocess.run(
-            [sys.executable, str(script), "--out", str(tmp_path / name), "--epochs", "1", "--no-calibration"],
-            capture_output=True, text=True, check=True,
-        )
-        assert "held-out" in result.stdout
-        outs.append(DigitsClassifier.from_pretrained(tmp_path / name).state_dict())
+def test_training_script_is_deterministic(tmp_path, capsys):
+    path = ROOT / "scripts" / "train_digits_classifier.py"
+    spec = importlib.util.spec_from_file_location("train_digits_classifier", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for name in ("a", "b"):
+            assert script.main(["--out", str(tmp_path / name), "--epochs", "1", "--no-calibration"]) == 0
+            assert "held-out" in capsys.readouterr().out
+            outs.append(DigitsClassifier.from_pretrained(tmp_path / name).state_dict())
+    finally:
+        torch.set_num_threads(threads)
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
 
 
@@ -264,3 +266,70 @@ def test_fid_end_to_end_with_random_inception_weights(tmp_path, monkeypatch):
     features = fid_module.inception_features(images, weights, batch_size=2)
     assert features.shape == (3, 2048) and features.dtype == torch.float64
     assert fid_module.fid(images, images, weights) == pytest.approx(0.0, abs=1e-9)
+
+
+# ---------------------------------------------------------------- sampling for evaluation and `cmkit eval`
+def _tiny_pipeline(path, sample_shape, num_classes=None, parameterization=None):
+    import json
+
+    from cmkit.models.mlp import MLPNet
+    from cmkit.pipeline import ConsistencyModelPipeline
+    from cmkit.schedulers.cm import CMStochasticIterativeScheduler
+
+    torch.manual_seed(0)
+    net = MLPNet(sample_shape=sample_shape, width=32, num_blocks=1, num_class_embeds=num_classes)
+    ConsistencyModelPipeline(net, CMStochasticIterativeScheduler(num_train_timesteps=8)).save_pretrained(path)
+    if parameterization:
+        index = json.loads((path / "model_index.json").read_text())
+        index["cmkit_parameterization"] = parameterization
+        (path / "model_index.json").write_text(json.dumps(index))
+    return path
+
+
+def test_generate_samples_is_seeded_and_batch_size_invariant(tmp_path):
+    from cmkit.metrics.generate import generate_heun_samples, generate_samples
+    from cmkit.pipeline import ConsistencyModelPipeline
+
+    pipe = ConsistencyModelPipeline.from_pretrained(_tiny_pipeline(tmp_path / "p", (1, 8, 8), 10))
+    pipe.set_progress_bar_config(disable=True)
+    labels = balanced_class_labels(20)
+    a = generate_samples(pipe, 20, 1, num_inference_steps=2, class_labels=labels, batch_size=20)
+    b = generate_samples(pipe, 20, 1, num_inference_steps=2, class_labels=labels, batch_size=20)
+    assert torch.equal(a, b) and a.shape == (20, 1, 8, 8) and a.min() >= -1 and a.max() <= 1
+    direct = pipe(batch_size=20, class_labels=labels, num_inference_steps=2,
+                  generator=torch.Generator().manual_seed(1), output_type="pt").images * 2 - 1
+    assert torch.equal(a, direct)
+    heun = generate_heun_samples(pipe, 6, 0, heun_steps=3, class_labels=labels[:6], batch_size=4)
+    assert heun.shape == (6, 1, 8, 8) and torch.isfinite(heun).all()
+    with pytest.raises(ValueError, match="one per sample"):
+        generate_samples(pipe, 20, class_labels=labels[:5])
+
+
+def test_eval_cli_digits_table_and_json(tmp_path, capsys):
+    import json
+
+    from cmkit.cli import main
+
+    model = _tiny_pipeline(tmp_path / "p", (1, 8, 8), 10)
+    out_json = tmp_path / "r.json"
+    assert main(["eval", "--model", str(model), "--draws", "2", "--timesteps", "5", "0", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "floor (train vs held-out" in out and "timesteps [5, 0]" in out and "FD-digits" in out
+    rows = json.loads(out_json.read_text())["results"]
+    assert [r["nfe"] for r in rows] == [1, 2, 2]
+    assert all(len(r["draws"]) == 2 and r["accuracy"] is not None and r["ratio"] > 1 for r in rows)
+    assert rows[0]["floor_mean"] == pytest.approx(fd_digits_floor()[0])
+
+
+def test_eval_cli_teacher_and_toy(tmp_path, capsys):
+    from cmkit.cli import main
+
+    teacher = _tiny_pipeline(tmp_path / "t", (1, 8, 8), 10, parameterization="edm")
+    assert main(["eval", "--model", str(teacher), "--draws", "2", "--heun-steps", "2"]) == 0
+    assert "EDM Heun 2 steps" in capsys.readouterr().out
+    toy = _tiny_pipeline(tmp_path / "toy", (2,))
+    assert main(["eval", "--model", str(toy)]) == 1
+    assert "--toy" in capsys.readouterr().err
+    if importlib.util.find_spec("cmkit.data.toys") is not None:
+        assert main(["eval", "--model", str(toy), "--toy", "moons", "--num-samples", "500", "--draws", "2"]) == 0
+        assert "SWD" in capsys.readouterr().out

@@ -86,6 +86,38 @@ def karras_grid_sigmas(
     return karras_sigmas_from_ramp(idx / (num_points - 1), sigma_min, sigma_max, rho)
 
 
+def karras_ramp_from_sigma(
+    sigma: SigmaLike, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO
+) -> SigmaLike:
+    """Inverse of :func:`karras_sigmas_from_ramp`: the position in [0, 1] of ``sigma`` (0 is ``sigma_max``)."""
+    min_inv_rho = sigma_min ** (1.0 / rho)
+    max_inv_rho = sigma_max ** (1.0 / rho)
+    return (sigma ** (1.0 / rho) - max_inv_rho) / (min_inv_rho - max_inv_rho)
+
+
+def sigma_to_grid_index(
+    sigma: float,
+    num_points: int,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = SIGMA_MAX,
+    rho: float = RHO,
+    *,
+    interior: bool = False,
+) -> int:
+    """The index of the ``num_points``-point Karras grid whose sigma is nearest ``sigma`` (a 2-step tau -> ``[i, 0]``).
+
+    With ``interior=True`` the end points (``sigma_max`` and ``sigma_min``) are excluded, as a multistep
+    sampler's intermediate timesteps need.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    grid = karras_sigmas(num_points, sigma_min, sigma_max, rho)
+    first, last = (1, num_points - 1) if interior else (0, num_points)
+    if first >= last:
+        raise ValueError(f"a grid of {num_points} points has no interior point")
+    return first + int(torch.argmin((grid[first:last] - float(sigma)).abs()))
+
+
 def consistency_scalings(
     sigma: SigmaLike, sigma_min: float = SIGMA_MIN, sigma_data: float = SIGMA_DATA
 ) -> tuple[SigmaLike, SigmaLike]:
