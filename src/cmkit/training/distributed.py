@@ -46,20 +46,12 @@ class DistContext:
             dist.barrier()
 
     def mean(self, value: Tensor) -> Tensor:
-        """The mean of ``value`` over processes (float64 on CPU; itself on one process)."""
-        value = value.detach().to(torch.float64).cpu().clone()
+        """The mean of ``value`` over processes, as a float64 CPU tensor (NCCL reduces it on the GPU)."""
+        value = value.detach().to(device=self.device, dtype=torch.float64).clone()
         if self.distributed:
             dist.all_reduce(value)
             value /= self.world_size
-        return value
-
-    def all_true(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on every process."""
-        if not self.distributed:
-            return flag
-        t = torch.tensor([0.0 if flag else 1.0], device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(t)
-        return bool(t.item() == 0.0)
+        return value.cpu()
 
     def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
         """Replace each parameter's gradient by its mean over processes (missing gradients count as zero)."""
