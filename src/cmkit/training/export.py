@@ -13,21 +13,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import torch
 from torch import nn
 
 from ..io.atomic import atomic_write_text
-from ..karras import SIGMA_MAX, SIGMA_MIN, Parameterization, karras_sigmas
+from ..karras import SIGMA_MAX, SIGMA_MIN, Parameterization, sigma_to_grid_index
 from .build import PARAMETERIZATION_KEY
-
-
-def tau_timestep(tau: float, num_train_timesteps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> int:
-    """The interior grid index whose sigma is nearest ``tau``: 2-step timesteps are then ``[index, 0]``."""
-    sigmas = karras_sigmas(num_train_timesteps, sigma_min, sigma_max)
-    interior = sigmas[1:-1]
-    if not len(interior):
-        raise ValueError(f"a grid of {num_train_timesteps} points has no interior point for tau")
-    return int(torch.argmin((interior - tau).abs())) + 1
 
 
 def export_pipeline(
@@ -50,7 +40,8 @@ def export_pipeline(
     )
     pipe = ConsistencyModelPipeline(unet=net, scheduler=scheduler)
     if tau is not None:
-        pipe.set_default_timesteps(2, [tau_timestep(tau, num_train_timesteps, sigma_min, sigma_max), 0])
+        tau_index = sigma_to_grid_index(tau, num_train_timesteps, sigma_min, sigma_max, interior=True)
+        pipe.set_default_timesteps(2, [tau_index, 0])
     pipe.save_pretrained(directory)
     index_path = Path(directory) / "model_index.json"
     index = json.loads(index_path.read_text())
