@@ -132,3 +132,10 @@ def test_build_dataset_digits():
     src = build_dataset("digits", resolution=16)
     assert src.sample_shape == (1, 16, 16) and src.num_classes == 10 and len(src) == 1437
     assert build_dataset("digits", class_labels=False).num_classes == 0
+
+
+def test_options_that_do_not_apply_are_errors():
+    with pytest.raises(ValueError, match="digits are grayscale"):
+        build_dataset("digits", channels=3)
+    with pytest.raises(ValueError, match="resolution, channels, flip and class labels do not apply"):
+        build_dataset("toy", toy="moons", resolution=32)

@@ -76,7 +76,7 @@ def test_config_json_round_trip(tmp_path):
     assert again == cfg
     assert json.loads(path.read_text())["data"] == {
         "kind": "toy", "toy": "8gaussians", "path": None, "resolution": None, "resize": "crop", "flip": False,
-        "channels": 3, "class_labels": None,
+        "channels": None, "class_labels": None,
     }
 
 

@@ -19,12 +19,18 @@ def build_dataset(
     resolution: Optional[int] = None,
     resize: Literal["crop", "stretch", "none"] = "crop",
     flip: bool = False,
-    channels: Literal[1, 3] = 3,
+    channels: Optional[Literal[1, 3]] = None,
     class_labels: Optional[bool] = None,
 ) -> DataSource:
-    """A training :class:`DataSource`: ``digits`` (8x8, upsampled to ``resolution``), a 2-D ``toy`` or an image ``folder``."""
+    """A training :class:`DataSource`: ``digits`` (8x8, upsampled to ``resolution``), a 2-D ``toy`` or an image ``folder``.
+
+    ``channels`` (1 or 3) applies to folders (default 3); the digits are grayscale and the toys are points.
+    """
     if kind == "digits":
         from .digits import NUM_CLASSES, load_digits
+
+        if channels not in (None, 1):
+            raise ValueError(f"the digits are grayscale (1 channel); drop channels={channels}")
 
         x, y = load_digits("train", resolution or 8)
         labels = None if class_labels is False else y
@@ -35,14 +41,14 @@ def build_dataset(
 
         if toy not in TOY_NAMES:
             raise ValueError(f"unknown toy data set {toy!r}; choose one of {', '.join(TOY_NAMES)}")
-        if flip or class_labels:
-            raise ValueError("toy data are unlabelled 2-D points: flip and class labels do not apply")
+        if flip or class_labels or resolution is not None or channels is not None:
+            raise ValueError("toy data are unlabelled 2-D points: resolution, channels, flip and class labels do not apply")
         return SamplerSource(lambda n, g: sample_toy(toy, n, generator=g), sample_shape=(2,))
     if kind == "folder":
         from .folder import load_image_folder
 
         if not path:
             raise ValueError("folder data needs a path (e.g. folder:/data/my_images)")
-        folder = load_image_folder(path, resolution, resize, channels, class_labels)
+        folder = load_image_folder(path, resolution, resize, channels or 3, class_labels)
         return TensorSource(folder.images, folder.labels, flip=flip, class_names=folder.class_names)
     raise ValueError(f"data kind must be 'digits', 'toy' or 'folder', got {kind!r}")

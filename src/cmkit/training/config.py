@@ -39,7 +39,8 @@ class DataConfig:
     resolution: Optional[int] = None
     resize: ResizeMode = "crop"
     flip: bool = False
-    channels: Literal[1, 3] = 3
+    #: folder images: 1 (grayscale) or 3 (RGB; None means 3). The digits are grayscale; toys are points.
+    channels: Optional[Literal[1, 3]] = None
     class_labels: Optional[bool] = None
 
     @classmethod
