@@ -129,8 +129,9 @@ class Trainer:
                 "objective": self.objective.state_dict(),
                 "losses": torch.tensor(self.losses, dtype=torch.float64),
             }
-            model_state = {k: v for k, v in self.model.state_dict().items()}
-            path = ckpt.save_checkpoint(self.output_dir, step, model_state, self.ema.state_dict(), state, self.config.keep_checkpoints)
+            path = ckpt.save_checkpoint(
+                self.output_dir, step, self.model.state_dict(), self.ema.state_dict(), state, self.config.keep_checkpoints
+            )
         self.ctx.barrier()
         self.last_checkpoint = path
         return path
