@@ -80,6 +80,11 @@ def run(args: argparse.Namespace) -> int:
     toy = args.toy
     if toy is None and len(pipe.sample_shape) != 3:
         raise ValueError(f"this model makes samples of shape {pipe.sample_shape}; name its data with --toy NAME")
+    if toy is None and pipe.sample_shape[0] != 1:
+        raise ValueError(
+            f"FD-digits measures 1-channel digit images, this model makes {pipe.sample_shape}; for other image sets "
+            "use FID (cmkit.metrics.fid)"
+        )
     per_draw = args.num_samples or (10_000 if toy else 360)
     total = per_draw * args.draws
     labels = None
