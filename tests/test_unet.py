@@ -300,7 +300,8 @@ def test_mismatched_weights_raise_clearly(tmp_path):
     state["conv_in.weight"] = torch.zeros(1, 3, 3, 3)
     state["extra.weight"] = torch.zeros(1)
     save_state_dict(state, tmp_path / "diffusion_pytorch_model.safetensors")
-    with pytest.raises(ValueError, match="missing keys .*conv_out.bias.*unexpected keys .*extra.weight.*conv_in.weight"):
+    expected = "missing keys .*conv_out.bias.*unexpected keys .*extra.weight.*shape mismatches .*conv_in.weight"
+    with pytest.raises(ValueError, match=expected):
         UNet2DModel.from_pretrained(tmp_path)
 
 

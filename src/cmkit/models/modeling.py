@@ -43,7 +43,7 @@ def parse_dtype(value: DTypeLike, name: str = "dtype") -> Optional[torch.dtype]:
         key = value.lower().removeprefix("torch.")
         if key in _DTYPE_NAMES:
             return _DTYPE_NAMES[key]
-    raise ValueError(f"{name}={value!r} is not a floating dtype; use one of {sorted(set(_DTYPE_NAMES))} or a torch.dtype")
+    raise ValueError(f"{name}={value!r} is not a floating dtype; use a torch.dtype or one of {sorted(_DTYPE_NAMES)}")
 
 
 def resolve_dtype_args(torch_dtype: DTypeLike, dtype: DTypeLike) -> Optional[torch.dtype]:
@@ -81,7 +81,7 @@ class PretrainedMixin:
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(f"{directory} is a file; pass a directory to save the model into")
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         if safe_serialization:
             save_state_dict(state, directory / WEIGHTS_NAMES[0])
         else:
@@ -107,14 +107,15 @@ class PretrainedMixin:
         target = resolve_dtype_args(torch_dtype, dtype) or torch.float32
         patterns = None
         if subfolder:
-            patterns = [f"{subfolder}/{cls.config_name}", *(f"{subfolder}/{n}" for n in WEIGHTS_NAMES)]  # type: ignore[attr-defined]
+            names = (cls.config_name, *WEIGHTS_NAMES)  # type: ignore[attr-defined]
+            patterns = [f"{subfolder}/{name}" for name in names]
         root = resolve_pretrained(pretrained_model_name_or_path, allow_patterns=patterns)
         directory = root / subfolder if subfolder else root
         config = cls.load_config(directory)  # type: ignore[attr-defined]
         expected = cls.saved_class_name or cls.__name__
         found = config.get("_class_name")
         if found is not None and found != expected:
-            raise ValueError(f"{directory / cls.config_name} describes a {found}, not a {expected}")  # type: ignore[attr-defined]
+            raise ValueError(f"the config in {directory} describes a {found}, not a {expected}")
         with torch.device("meta"):
             model = cls.from_config(config)  # type: ignore[attr-defined]
         weights_file = find_weights_file(directory)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigMixin, register_to_config
-from .layers import TimestepEmbedding, activation, timestep_embedding
+from .layers import TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
 from .modeling import PretrainedMixin
 from .unet_blocks import DownStage, MidStage, StageSettings, UpStage
 
@@ -62,10 +62,15 @@ class UNet2DOutput:
         return (self.sample,)
 
 
-def _block_kind(block_type: str, table: Mapping[str, tuple[bool, Optional[str]]], key: str) -> tuple[bool, Optional[str]]:
+BlockTable = Mapping[str, tuple[bool, Optional[str]]]
+
+
+def _block_kind(block_type: str, table: BlockTable, key: str) -> tuple[bool, Optional[str]]:
     name = block_type[7:] if block_type.startswith("UNetRes") else block_type  # diffusers' legacy alias prefix
     if name not in table:
-        raise ValueError(f"{key} contains {block_type!r}, which cmkit's UNet2DModel does not build; supported: {sorted(table)}")
+        raise ValueError(
+            f"{key} contains {block_type!r}, which cmkit's UNet2DModel does not build; supported: {sorted(table)}"
+        )
     return table[name]
 
 
@@ -185,7 +190,8 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
             self.class_embedding = None
         self.temb_act = activation(act_fn)
 
-        settings = StageSettings(time_embed_dim, norm_num_groups, norm_eps, act_fn, resnet_time_scale_shift, dropout)  # type: ignore[arg-type]
+        shift: TimeScaleShift = resnet_time_scale_shift  # type: ignore[assignment]  # validated above
+        settings = StageSettings(time_embed_dim, norm_num_groups, norm_eps, act_fn, shift, dropout)
         n = len(block_out_channels)
         self.down_blocks = nn.ModuleList()
         out_ch = c0
@@ -319,12 +325,13 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         """Unknown keys mean a config for another network: refuse rather than build something different."""
         raise ValueError(
             f"config has keys UNet2DModel does not take: {', '.join(unknown)}. It was probably written for another "
-            f"model class; UNet2DModel takes {', '.join(cls.config_keys())} (plus metadata {', '.join(IGNORED_CONFIG_KEYS)})"
+            f"model class; UNet2DModel takes {', '.join(cls.config_keys())} "
+            f"(plus metadata {', '.join(IGNORED_CONFIG_KEYS)})"
         )
 
     @classmethod
     def convert_legacy_state_dict(cls, state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-        """Rename old diffusers attention keys (``query``/``key``/``value``/``proj_attn``) to ``to_q``/.../``to_out.0``."""
+        """Rename old diffusers attention keys (``query``, ``key``, ``value``, ``proj_attn``) to today's names."""
         renames = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
         out: dict[str, Tensor] = {}
         for name, tensor in state_dict.items():

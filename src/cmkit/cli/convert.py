@@ -1,0 +1,89 @@
+"""``cmkit convert``: turn an original openai/consistency_models ``.pt`` checkpoint into a pipeline directory."""
+
+from __future__ import annotations
+
+import argparse
+
+EPILOG = """\
+examples:
+  # consistency distillation, ImageNet-64 (class-conditional, 1000 classes; all inferred from the weights)
+  cmkit convert --checkpoint cd_imagenet64_l2.pt --out cd_imagenet64_l2 --scheduler cd
+  # consistency training, LSUN bedroom 256 (unconditional)
+  cmkit convert --checkpoint ct_bedroom256.pt --out ct_bedroom256 --scheduler ct_lsun256
+  # your own architecture: give the image size the weights cannot tell
+  cmkit convert --checkpoint mine.pt --out mine --scheduler cd --sample-size 32 --attention-head-dim 32
+
+The result loads with cmkit.ConsistencyModelPipeline.from_pretrained(OUT) and with diffusers'.
+Architecture (channels, blocks, attention levels, resampling, time conditioning, classes) is read from the
+weights; --num-classes and --class-cond/--no-class-cond are checked against them.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``convert`` subcommand."""
+    p = subparsers.add_parser(
+        "convert",
+        help="convert an OpenAI consistency-model .pt checkpoint into a pipeline directory",
+        description="Convert an original openai/consistency_models .pt checkpoint (loaded with "
+        "torch.load(weights_only=True)) into a diffusers-layout ConsistencyModelPipeline directory.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="the OpenAI .pt file (a plain state dict)")
+    p.add_argument("--out", required=True, help="output pipeline directory (model_index.json, unet/, scheduler/)")
+    p.add_argument(
+        "--scheduler",
+        required=True,
+        choices=["cd", "ct_imagenet64", "ct_lsun256"],
+        help="Karras grid of the published scheduler: cd (N=40), ct_imagenet64 (N=201), ct_lsun256 (N=151)",
+    )
+    p.add_argument("--num-classes", type=int, default=None, help="expected number of classes (checked)")
+    p.add_argument(
+        "--class-cond",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="assert that the checkpoint is (or, with --no-class-cond, is not) class-conditional",
+    )
+    p.add_argument(
+        "--attention-head-dim",
+        type=int,
+        default=None,
+        help="channels per attention head (OpenAI's --num_head_channels; default 64, as in every published model)",
+    )
+    p.add_argument("--num-heads", type=int, default=None, help="heads per attention layer, instead of a head width")
+    p.add_argument(
+        "--sample-size", type=int, default=None, help="image size (needed unless the architecture is a published one)"
+    )
+    p.add_argument(
+        "--qkv-layout",
+        choices=["qkv_major", "head_major"],
+        default="qkv_major",
+        help="row order of the fused qkv weights: qkv_major (consistency models) or head_major "
+        "(guided-diffusion's legacy attention)",
+    )
+    p.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="dtype of the saved weights"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert and report where the pipeline was written."""
+    import torch
+
+    from ..io.openai import convert_openai_checkpoint
+
+    out = convert_openai_checkpoint(
+        args.checkpoint,
+        args.out,
+        scheduler=args.scheduler,
+        num_classes=args.num_classes,
+        class_cond=args.class_cond,
+        attention_head_dim=args.attention_head_dim,
+        num_heads=args.num_heads,
+        sample_size=args.sample_size,
+        qkv_layout=args.qkv_layout,
+        dtype=getattr(torch, args.dtype),
+    )
+    print(f"wrote {out} (scheduler {args.scheduler}); load it with ConsistencyModelPipeline.from_pretrained('{out}')")
+    return 0

@@ -1,0 +1,443 @@
+"""OpenAI ``.pt`` conversion, checked against an independent functional implementation of OpenAI's UNet.
+
+``openai_checkpoint`` writes a state dict in the OpenAI layout by following the construction rules of
+``cm/unet.py`` (levels, resblocks, attention at chosen downsampling rates, resampling, output blocks), with a
+distinct random tensor per key, and returns the block plan. ``openai_forward`` runs that plan with the OpenAI
+semantics (ResBlock, AttentionBlock with q, k, v rows in ``(three heads dim)`` order, [cos, sin] time embedding).
+A converted UNet2DModel must reproduce it; a wrong key mapping or q/k/v split would not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmkit.io.openai import convert_openai_checkpoint, convert_openai_state_dict, infer_openai_config
+from cmkit.models.modeling import load_exact_state_dict
+from cmkit.models.presets import unet_preset_config
+from cmkit.models.unet import UNet2DModel
+
+TOL = 1e-4
+
+
+# ------------------------------------------------------------------------------ OpenAI layout and reference
+
+
+def openai_checkpoint(
+    *,
+    model_channels=32,
+    channel_mult=(1, 2),
+    num_res_blocks=1,
+    attention_ds=(2,),
+    resblock_updown=True,
+    scale_shift=True,
+    num_classes=None,
+    in_channels=3,
+    out_channels=3,
+    seed=0,
+    device="cpu",
+):
+    """(state dict, plan) of an OpenAI UNetModel; the plan lists each block's (prefix, kind) entries."""
+    g = torch.Generator().manual_seed(seed)
+    sd: dict[str, torch.Tensor] = {}
+
+    def tensor(shape, scale):
+        if device == "meta":
+            return torch.empty(shape, device="meta")
+        return torch.randn(shape, generator=g) * scale
+
+    def linear(prefix, cout, cin, *kernel):
+        sd[f"{prefix}.weight"] = tensor((cout, cin, *kernel), 1 / math.sqrt(cin * math.prod(kernel)))
+        sd[f"{prefix}.bias"] = tensor((cout,), 0.1)
+
+    def norm(prefix, c):
+        sd[f"{prefix}.weight"] = 1 + tensor((c,), 0.1)
+        sd[f"{prefix}.bias"] = tensor((c,), 0.1)
+
+    temb = 4 * model_channels
+
+    def resblock(prefix, cin, cout):
+        norm(f"{prefix}.in_layers.0", cin)
+        linear(f"{prefix}.in_layers.2", cout, cin, 3, 3)
+        linear(f"{prefix}.emb_layers.1", 2 * cout if scale_shift else cout, temb)
+        norm(f"{prefix}.out_layers.0", cout)
+        linear(f"{prefix}.out_layers.3", cout, cout, 3, 3)
+        if cin != cout:
+            linear(f"{prefix}.skip_connection", cout, cin, 1, 1)
+
+    def attention(prefix, c):
+        norm(f"{prefix}.norm", c)
+        linear(f"{prefix}.qkv", 3 * c, c, 1, 1)
+        linear(f"{prefix}.proj_out", c, c, 1, 1)
+
+    linear("time_embed.0", temb, model_channels)
+    linear("time_embed.2", temb, temb)
+    if num_classes:
+        sd["label_emb.weight"] = tensor((num_classes, temb), 1.0)
+    ch = model_channels * channel_mult[0]
+    linear("input_blocks.0.0", ch, in_channels, 3, 3)
+    plan_in = [[("input_blocks.0.0", "conv")]]
+    chans, ds, k = [ch], 1, 1
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            block = [(f"input_blocks.{k}.0", "res")]
+            resblock(f"input_blocks.{k}.0", ch, mult * model_channels)
+            ch = mult * model_channels
+            if ds in attention_ds:
+                attention(f"input_blocks.{k}.1", ch)
+                block.append((f"input_blocks.{k}.1", "attn"))
+            plan_in.append(block)
+            chans.append(ch)
+            k += 1
+        if level != len(channel_mult) - 1:
+            if resblock_updown:
+                resblock(f"input_blocks.{k}.0", ch, ch)
+                plan_in.append([(f"input_blocks.{k}.0", "res_down")])
+            else:
+                linear(f"input_blocks.{k}.0.op", ch, ch, 3, 3)
+                plan_in.append([(f"input_blocks.{k}.0.op", "conv_down")])
+            chans.append(ch)
+            ds *= 2
+            k += 1
+    resblock("middle_block.0", ch, ch)
+    attention("middle_block.1", ch)
+    resblock("middle_block.2", ch, ch)
+    plan_mid = [("middle_block.0", "res"), ("middle_block.1", "attn"), ("middle_block.2", "res")]
+    plan_out, k = [], 0
+    for level, mult in list(enumerate(channel_mult))[::-1]:
+        for i in range(num_res_blocks + 1):
+            block = [(f"output_blocks.{k}.0", "res")]
+            resblock(f"output_blocks.{k}.0", ch + chans.pop(), model_channels * mult)
+            ch = model_channels * mult
+            sub = 1
+            if ds in attention_ds:
+                attention(f"output_blocks.{k}.1", ch)
+                block.append((f"output_blocks.{k}.1", "attn"))
+                sub = 2
+            if level and i == num_res_blocks:
+                if resblock_updown:
+                    resblock(f"output_blocks.{k}.{sub}", ch, ch)
+                    block.append((f"output_blocks.{k}.{sub}", "res_up"))
+                else:
+                    linear(f"output_blocks.{k}.{sub}.conv", ch, ch, 3, 3)
+                    block.append((f"output_blocks.{k}.{sub}.conv", "conv_up"))
+                ds //= 2
+            plan_out.append(block)
+            k += 1
+    norm("out.0", ch)
+    linear("out.2", out_channels, model_channels * channel_mult[0], 3, 3)
+    plan = {"in": plan_in, "mid": plan_mid, "out": plan_out}
+    return sd, {**plan, "model_channels": model_channels, "scale_shift": scale_shift}
+
+
+def openai_forward(sd, plan, x, t, y=None, head_dim=32):
+    """OpenAI's UNetModel.forward, written functionally from the paper/code semantics."""
+    gn = lambda h, p: F.group_norm(h, 32, sd[f"{p}.weight"], sd[f"{p}.bias"], eps=1e-5)  # noqa: E731
+    conv = lambda h, p, **kw: F.conv2d(h, sd[f"{p}.weight"], sd[f"{p}.bias"], **kw)  # noqa: E731
+    lin = lambda h, p: F.linear(h, sd[f"{p}.weight"], sd[f"{p}.bias"])  # noqa: E731
+
+    half = plan["model_channels"] // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    emb = lin(F.silu(lin(torch.cat([torch.cos(args), torch.sin(args)], dim=-1), "time_embed.0")), "time_embed.2")
+    if y is not None:
+        emb = emb + sd["label_emb.weight"][y]
+
+    def res(h, p, resample=None):
+        a = F.silu(gn(h, f"{p}.in_layers.0"))
+        if resample == "up":
+            a, h = F.interpolate(a, scale_factor=2, mode="nearest"), F.interpolate(h, scale_factor=2, mode="nearest")
+        elif resample == "down":
+            a, h = F.avg_pool2d(a, 2), F.avg_pool2d(h, 2)
+        a = conv(a, f"{p}.in_layers.2", padding=1)
+        e = lin(F.silu(emb), f"{p}.emb_layers.1")[:, :, None, None]
+        if plan["scale_shift"]:
+            scale, shift = e.chunk(2, dim=1)
+            a = F.silu(gn(a, f"{p}.out_layers.0") * (1 + scale) + shift)
+        else:
+            a = F.silu(gn(a + e, f"{p}.out_layers.0"))
+        a = conv(a, f"{p}.out_layers.3", padding=1)
+        skip = conv(h, f"{p}.skip_connection") if f"{p}.skip_connection.weight" in sd else h
+        return skip + a
+
+    def attn(h, p):
+        b, c, height, width = h.shape
+        heads = c // head_dim
+        qkv = conv(gn(h, f"{p}.norm"), f"{p}.qkv").reshape(b, 3, heads, head_dim, height * width)
+        q, k, v = qkv.unbind(1)
+        scale = head_dim**-0.25
+        w = torch.softmax(torch.einsum("bhdt,bhds->bhts", q * scale, k * scale), dim=-1)
+        a = torch.einsum("bhts,bhds->bhdt", w, v).reshape(b, c, height, width)
+        return h + conv(a, f"{p}.proj_out")
+
+    def run(h, block):
+        for p, kind in block:
+            if kind == "conv":
+                h = conv(h, p, padding=1)
+            elif kind == "res":
+                h = res(h, p)
+            elif kind == "res_down":
+                h = res(h, p, "down")
+            elif kind == "res_up":
+                h = res(h, p, "up")
+            elif kind == "attn":
+                h = attn(h, p)
+            elif kind == "conv_down":
+                h = conv(h, p, stride=2, padding=1)
+            elif kind == "conv_up":
+                h = conv(F.interpolate(h, scale_factor=2, mode="nearest"), p, padding=1)
+        return h
+
+    hs, h = [], x
+    for block in plan["in"]:
+        h = run(h, block)
+        hs.append(h)
+    h = run(h, plan["mid"])
+    for block in plan["out"]:
+        h = run(torch.cat([h, hs.pop()], dim=1), block)
+    return conv(F.silu(gn(h, "out.0")), "out.2", padding=1)
+
+
+ARCHS = {
+    # ImageNet-64 style: FiLM conditioning, residual resampling, attention below full resolution, classes.
+    "imagenet_like": dict(channel_mult=(1, 2), num_res_blocks=2, attention_ds=(2,), num_classes=7),
+    # LSUN style: additive conditioning, attention only at the deepest level, learned sigma (6 outputs).
+    "lsun_like": dict(channel_mult=(1, 1, 2), attention_ds=(4,), scale_shift=False, out_channels=6),
+    # Convolutional resampling and attention at every level (AttnDownBlock2D with conv downsampling).
+    "conv_resample": dict(channel_mult=(1, 2), attention_ds=(1, 2), resblock_updown=False, num_classes=3),
+}
+
+
+def _convert_and_compare(arch, seed=0, **convert_kwargs):
+    sd, plan = openai_checkpoint(seed=seed, **ARCHS[arch])
+    config, converted = convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, **convert_kwargs)
+    model = UNet2DModel.from_config(config).eval()
+    load_exact_state_dict(model, converted)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(3, 3, 8, 8, generator=g)
+    t = torch.tensor([-1500.0, 10.0, 1095.0])
+    y = torch.randint(0, ARCHS[arch]["num_classes"], (3,), generator=g) if ARCHS[arch].get("num_classes") else None
+    with torch.no_grad():
+        expected = openai_forward(sd, plan, x, t, y)
+        got = model(x, t, class_labels=y).sample
+    return sd, plan, config, converted, expected, got, (x, t, y)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_converted_model_equals_openai_reference(arch):
+    _, _, config, converted, expected, got, inputs = _convert_and_compare(arch)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= TOL
+    # the same converted weights also run in diffusers' UNet2DModel (strict load) with the same result
+    diffusers = pytest.importorskip("diffusers")
+    ref = diffusers.UNet2DModel(**config).eval()
+    ref.load_state_dict(converted, strict=True)
+    x, t, y = inputs
+    with torch.no_grad():
+        assert (ref(x, t, class_labels=y).sample - expected).abs().max().item() <= TOL
+
+
+def test_inferred_architecture():
+    sd, _ = openai_checkpoint(**ARCHS["lsun_like"])
+    config = infer_openai_config(sd, sample_size=8, attention_head_dim=32)
+    assert config["block_out_channels"] == [32, 32, 64]
+    assert config["layers_per_block"] == 1
+    assert config["down_block_types"] == ["ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D", "AttnDownBlock2D"]
+    assert config["up_block_types"] == ["AttnUpBlock2D", "ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"]
+    assert config["resnet_time_scale_shift"] == "default" and config["out_channels"] == 6
+    assert config["num_class_embeds"] is None and "attn_norm_num_groups" not in config
+    sd, _ = openai_checkpoint(**ARCHS["conv_resample"])
+    config = infer_openai_config(sd, sample_size=8, attention_head_dim=32)
+    assert config["down_block_types"] == ["AttnDownBlock2D", "AttnDownBlock2D"]
+    assert config["downsample_type"] == "conv" and config["upsample_type"] == "conv"
+    assert config["num_class_embeds"] == 3 and config["resnet_time_scale_shift"] == "scale_shift"
+
+
+def test_qkv_split_order():
+    sd, _, _, converted, _, _, _ = _convert_and_compare("imagenet_like")
+    qkv_w = sd["middle_block.1.qkv.weight"][:, :, 0, 0]
+    qkv_b = sd["middle_block.1.qkv.bias"]
+    for i, name in enumerate(("to_q", "to_k", "to_v")):
+        assert torch.equal(converted[f"mid_block.attentions.0.{name}.weight"], qkv_w.chunk(3)[i])
+        assert torch.equal(converted[f"mid_block.attentions.0.{name}.bias"], qkv_b.chunk(3)[i])
+    # swapping the q and k rows must change the converted network (the test above would catch a wrong split)
+    swapped = dict(sd)
+    q, k, v = sd["middle_block.1.qkv.weight"].chunk(3)
+    swapped["middle_block.1.qkv.weight"] = torch.cat([k, q, v])
+    _, conv_swapped = convert_openai_state_dict(swapped, sample_size=8, attention_head_dim=32)
+    mid = "mid_block.attentions.0"
+    assert torch.equal(conv_swapped[f"{mid}.to_q.weight"], converted[f"{mid}.to_k.weight"])
+
+
+def test_head_major_layout_converts_to_the_same_weights():
+    sd, _ = openai_checkpoint(**ARCHS["imagenet_like"])
+    _, reference = convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32)
+    legacy = {}
+    for key, value in sd.items():
+        if key.endswith(".qkv.weight") or key.endswith(".qkv.bias"):
+            c = value.shape[0] // 3
+            heads = c // 32
+            # (three, heads, dim) rows -> (heads, three, dim) rows, as guided-diffusion stores them
+            value = value.reshape(3, heads, 32, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
+        legacy[key] = value
+    _, converted = convert_openai_state_dict(legacy, sample_size=8, attention_head_dim=32, qkv_layout="head_major")
+    assert converted.keys() == reference.keys()
+    assert all(torch.equal(converted[k], reference[k]) for k in reference)
+    heads_2 = [k for k in reference if k.startswith("mid_block.attentions.0.to_q")]
+    assert heads_2  # the 64-channel mid attention has two heads, so the permutation is not the identity
+    assert not torch.equal(legacy["middle_block.1.qkv.weight"], sd["middle_block.1.qkv.weight"])
+
+
+def test_num_heads_and_head_dim_arguments():
+    sd, _ = openai_checkpoint(**ARCHS["imagenet_like"])  # attention only at 64 channels
+    config = infer_openai_config(sd, sample_size=8, num_heads=2)
+    assert config["attention_head_dim"] == 32
+    with pytest.raises(ValueError, match="not both"):
+        infer_openai_config(sd, sample_size=8, num_heads=2, attention_head_dim=32)
+    with pytest.raises(ValueError, match="does not divide"):
+        infer_openai_config(sd, sample_size=8, attention_head_dim=48)
+    sd, _ = openai_checkpoint(**ARCHS["conv_resample"])  # attention at 32 and 64 channels
+    with pytest.raises(ValueError, match="different head widths"):
+        infer_openai_config(sd, sample_size=8, num_heads=2)
+
+
+# the published launch.sh flags: --num_channels, channel_mult for the image size, --num_res_blocks,
+# --attention_resolutions 32,16,8 (as downsampling rates), --class_cond, --use_scale_shift_norm
+PUBLISHED = {
+    "imagenet64": dict(model_channels=192, channel_mult=(1, 2, 3, 4), num_res_blocks=3, attention_ds=(2, 4, 8),
+                       num_classes=1000),
+    "lsun256": dict(model_channels=256, channel_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attention_ds=(8, 16, 32),
+                    scale_shift=False),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_architectures_give_the_published_configs(name):
+    # Meta tensors: the full-size layouts without allocating (or initialising) hundreds of millions of weights.
+    sd, _ = openai_checkpoint(device="meta", **PUBLISHED[name])
+    config, converted = convert_openai_state_dict(sd)
+    with torch.device("meta"):
+        published = UNet2DModel(**unet_preset_config(name))  # type: ignore[arg-type]
+    assert config == dict(published.config)
+    assert converted.keys() == published.state_dict().keys()
+
+
+@pytest.mark.parametrize("scheduler, n", [("cd", 40), ("ct_imagenet64", 201), ("ct_lsun256", 151)])
+def test_convert_checkpoint_writes_a_pipeline(tmp_path, scheduler, n):
+    sd, plan = openai_checkpoint(**ARCHS["imagenet_like"], seed=3)
+    torch.save(sd, tmp_path / "model.pt")
+    out = convert_openai_checkpoint(
+        tmp_path / "model.pt", tmp_path / "pipe", scheduler=scheduler, sample_size=8, attention_head_dim=32
+    )
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DModel"]
+    sched = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert (sched["num_train_timesteps"], sched["sigma_min"], sched["sigma_max"]) == (n, 0.002, 80.0)
+    unet = UNet2DModel.from_pretrained(out / "unet")
+    x, t, y = torch.randn(2, 3, 8, 8), torch.tensor([5.0, 500.0]), torch.tensor([0, 6])
+    with torch.no_grad():
+        assert (unet(x, t, y).sample - openai_forward(sd, plan, x, t, y)).abs().max().item() <= TOL
+
+
+def test_converted_pipeline_samples_in_cmkit_and_diffusers(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from cmkit.pipeline import ConsistencyModelPipeline
+
+    sd, _ = openai_checkpoint(**ARCHS["imagenet_like"], seed=4)
+    torch.save(sd, tmp_path / "cd.pt")
+    out = convert_openai_checkpoint(
+        tmp_path / "cd.pt", tmp_path / "pipe", scheduler="cd", sample_size=8, attention_head_dim=32
+    )
+    ours = ConsistencyModelPipeline.from_pretrained(out)
+    theirs = diffusers.ConsistencyModelPipeline.from_pretrained(out)
+    theirs.set_progress_bar_config(disable=True)
+    ours.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=None, timesteps=[22, 0], class_labels=[1, 5], batch_size=2, output_type="np")
+    a = ours(generator=torch.Generator().manual_seed(0), **kw).images
+    b = theirs(generator=torch.Generator().manual_seed(0), **kw).images
+    assert abs(a - b).max() <= 1e-4
+
+
+def test_cli_convert(tmp_path, capsys):
+    from cmkit.cli import main
+
+    sd, _ = openai_checkpoint(**ARCHS["lsun_like"], seed=5)
+    torch.save(sd, tmp_path / "ct.pt")
+    args = ["convert", "--checkpoint", str(tmp_path / "ct.pt"), "--out", str(tmp_path / "pipe")]
+    rc = main([*args, "--scheduler", "ct_lsun256", "--sample-size", "8", "--attention-head-dim", "32",
+               "--no-class-cond", "--dtype", "bfloat16"])  # fmt: skip
+    assert rc == 0 and "wrote" in capsys.readouterr().out
+    assert UNet2DModel.from_pretrained(tmp_path / "pipe" / "unet").config.out_channels == 6
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(w.dtype == torch.bfloat16 for w in weights.values())
+    rc = main([*args, "--scheduler", "cd", "--sample-size", "8", "--attention-head-dim", "32", "--class-cond"])
+    assert rc == 1 and "no label_emb.weight" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--scheduler", "ct_cifar10"])
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    assert "cd_imagenet64_l2.pt" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------- errors
+
+
+def _sd(**kw):
+    return openai_checkpoint(**{**ARCHS["imagenet_like"], **kw})[0]
+
+
+def test_class_conditioning_checks():
+    sd = _sd()
+    with pytest.raises(ValueError, match="class-conditional"):
+        convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, class_cond=False)
+    with pytest.raises(ValueError, match="7 classes"):
+        convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, num_classes=1000)
+    convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, num_classes=7, class_cond=True)
+    uncond = _sd(num_classes=None)
+    with pytest.raises(ValueError, match="unconditional"):
+        convert_openai_state_dict(uncond, sample_size=8, attention_head_dim=32, num_classes=10)
+
+
+def test_layout_errors_name_the_key():
+    sd = _sd()
+    with pytest.raises(ValueError, match="sample_size"):
+        convert_openai_state_dict(sd, attention_head_dim=32)
+    with pytest.raises(ValueError, match="'time_embed.0.weight'"):
+        convert_openai_state_dict({k: v for k, v in sd.items() if not k.startswith("time_embed")}, sample_size=8)
+    extra = {**sd, "input_blocks.1.0.extra.weight": torch.zeros(1)}
+    with pytest.raises(ValueError, match="input_blocks.1.0.extra.weight"):
+        convert_openai_state_dict(extra, sample_size=8, attention_head_dim=32)
+    bad = {**sd, "output_blocks.0.0.out_layers.3.bias": torch.zeros(5)}
+    with pytest.raises(ValueError, match=r"output_blocks.0.0.out_layers.3.bias has shape \(5,\)"):
+        convert_openai_state_dict(bad, sample_size=8, attention_head_dim=32)
+    missing = {k: v for k, v in sd.items() if k != "middle_block.1.proj_out.bias"}
+    with pytest.raises(ValueError, match="lacks 'middle_block.1.proj_out.bias'"):
+        convert_openai_state_dict(missing, sample_size=8, attention_head_dim=32)
+    not_1x1 = {**sd, "middle_block.1.proj_out.weight": torch.zeros(64, 64, 3, 3)}
+    with pytest.raises(ValueError, match="1x1 convolution"):
+        convert_openai_state_dict(not_1x1, sample_size=8, attention_head_dim=32)
+    with pytest.raises(ValueError, match="qkv_layout"):
+        convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, qkv_layout="kvq")  # type: ignore[arg-type]
+
+
+def test_parameter_free_resampling_is_refused():
+    sd = _sd(resblock_updown=False)
+    sd = {k: v for k, v in sd.items() if not k.startswith("input_blocks.3.0.op")}  # avg-pool downsampling
+    with pytest.raises(ValueError, match="conv_resample=False"):
+        convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32)
+
+
+def test_bad_checkpoint_files(tmp_path):
+    with pytest.raises(ValueError, match="scheduler"):
+        convert_openai_checkpoint(tmp_path / "x.pt", tmp_path / "o", scheduler="edm")  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError):
+        convert_openai_checkpoint(tmp_path / "x.pt", tmp_path / "o", scheduler="cd")
+    torch.save({"model": _sd(), "step": 3, "fn": math.sqrt}, tmp_path / "pickle.pt")
+    with pytest.raises(ValueError, match="weights_only"):
+        convert_openai_checkpoint(tmp_path / "pickle.pt", tmp_path / "o", scheduler="cd")
