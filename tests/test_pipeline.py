@@ -185,6 +185,15 @@ def test_both_steps_and_timesteps_warns_and_uses_timesteps():
     assert torch.equal(a, b)
 
 
+def test_class_label_spellings_agree():
+    pipe = make_mlp_pipe((2,), num_class_embeds=10)
+    outs = [
+        pipe(class_labels=labels, generator=gen(), output_type="pt").images
+        for labels in (7, np.int64(7), [7], (7,), torch.tensor(7), torch.tensor([7]), np.array([7]))
+    ]
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+
+
 def test_class_labels_on_unconditional_model_warn_and_are_ignored():
     pipe = make_mlp_pipe((2,))
     with pytest.warns(UserWarning, match="not class-conditional"):

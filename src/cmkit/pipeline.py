@@ -274,7 +274,7 @@ class ConsistencyModelPipeline(EditingMixin):
         elif isinstance(class_labels, Tensor):
             if class_labels.is_floating_point() or class_labels.is_complex():
                 raise ValueError(f"class_labels must be integers, got a {class_labels.dtype} tensor")
-            labels = class_labels
+            labels = class_labels.reshape(1) if class_labels.ndim == 0 else class_labels
         elif isinstance(class_labels, (list, tuple, np.ndarray)):
             labels = torch.tensor([int(c) for c in np.asarray(class_labels).reshape(-1)], dtype=torch.int)
         else:
