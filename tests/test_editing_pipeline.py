@@ -159,3 +159,15 @@ def test_cli_errors_and_help(saved, capsys):
     with pytest.raises(SystemExit):
         main(["edit", "inpaint", "--help"])
     assert "cmkit edit colorize" in capsys.readouterr().out
+
+
+def test_bfloat16_model_and_batched_class_labels():
+    pipe = tiny_pipeline(1, classes=10).to(torch.bfloat16)
+    image = torch.rand(3, 1, 8, 8)
+    mask = torch.zeros(8, 8)
+    mask[:, :4] = 1
+    out = pipe.inpaint(image, mask, num_inference_steps=2, class_labels=[1, 2, 3], generator=gen(), output_type="np")
+    assert out.images.dtype == np.float32 and out.images.shape == (3, 8, 8, 1)
+    assert np.allclose(out.images[:, :, 4:, 0], image[:, 0, :, 4:].numpy(), atol=1e-6)  # float32 state: exact keep
+    with pytest.raises(ValueError, match="one label or one per sample"):
+        pipe.inpaint(image, mask, class_labels=[1, 2], generator=gen())
