@@ -191,14 +191,16 @@ def test_from_pretrained_dtype_arguments(tmp_path):
         UNet2DModel.from_pretrained(tmp_path, dtype="int8")
 
 
-def test_bfloat16_forward_close_to_float32():
+def test_bfloat16_forward_matches_diffusers_and_float32():
     config = CONFIGS["adm_scale_shift_classes"]
-    _, ours = _pair(config)
+    ref, ours = _pair(config)
     x, t, labels = _inputs(config, 2, 8, seed=4)
     with torch.no_grad():
         full = ours(x, t, labels).sample
         half = ours.to(torch.bfloat16)(x.bfloat16(), t, labels).sample
+        ref_half = ref.to(torch.bfloat16)(x.bfloat16(), t, labels).sample
     assert half.dtype == torch.bfloat16 and ours.dtype == torch.bfloat16
+    assert (half.float() - ref_half.float()).abs().max() <= 1e-2  # same ops in the same order: 0 on this CPU
     assert (half.float() - full).abs().max() <= 0.05 * full.abs().max()
 
 
@@ -316,6 +318,9 @@ def test_pickled_objects_are_refused(tmp_path):
 def test_missing_directory_and_weights(tmp_path):
     with pytest.raises(FileNotFoundError):
         UNet2DModel.from_pretrained(tmp_path / "nope")
+    UNet2DModel(**CONFIGS["conv_default"]).save_pretrained(tmp_path / "pipe" / "unet")
+    with pytest.raises(FileNotFoundError, match="subfolder='unet'"):
+        UNet2DModel.from_pretrained(tmp_path / "pipe")
     UNet2DModel(**CONFIGS["conv_default"]).save_config(tmp_path)
     with pytest.raises(FileNotFoundError, match="no weights"):
         UNet2DModel.from_pretrained(tmp_path)

@@ -111,6 +111,11 @@ class PretrainedMixin:
             patterns = [f"{subfolder}/{name}" for name in names]
         root = resolve_pretrained(pretrained_model_name_or_path, allow_patterns=patterns)
         directory = root / subfolder if subfolder else root
+        name = cls.config_name  # type: ignore[attr-defined]
+        if not subfolder and not (directory / name).is_file() and (directory / "unet" / name).is_file():
+            raise FileNotFoundError(
+                f"{directory} looks like a pipeline directory (it has unet/); pass subfolder='unet' to load its UNet"
+            )
         config = cls.load_config(directory)  # type: ignore[attr-defined]
         expected = cls.saved_class_name or cls.__name__
         found = config.get("_class_name")
