@@ -136,6 +136,21 @@ def test_ct_imagenet_grid_and_scheduler_options():
     assert_same(a.images, b.images, "np")
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(num_inference_steps=1), dict(num_inference_steps=4, batch_size=2), dict(num_inference_steps=None, timesteps=[999, 759, 499, 259])],
+)
+def test_tcd_scheduler_in_the_pipeline_parity(kwargs):
+    from diffusers import TCDScheduler as DiffusersTCD
+
+    from cmkit import TCDScheduler
+
+    d, c = build_pair(UNCOND, seed=5, num_train_timesteps=40)
+    d.scheduler, c.scheduler = DiffusersTCD(), TCDScheduler()
+    a, b = run_both((d, c), seed=7, output_type="np", **kwargs)
+    assert_same(a.images, b.images, "np")
+
+
 def test_grayscale_pil_parity():
     pair = build_pair(GRAY, seed=3, num_train_timesteps=40)
     a, b = run_both(pair, seed=6, output_type="pil", num_inference_steps=2, batch_size=2)

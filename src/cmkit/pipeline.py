@@ -68,6 +68,7 @@ class ConsistencyModelPipeline(EditingMixin):
         #: step count (as a string) -> tuned timesteps used when a caller passes that count and no timesteps.
         self.default_timesteps: dict[str, list[int]] = {}
         self._progress_bar_config: dict[str, Any] = {}
+        self._silence_dtype_warnings = False
 
     # ----- components, device and dtype -------------------------------------------------------------------
     @property
@@ -127,8 +128,13 @@ class ConsistencyModelPipeline(EditingMixin):
         return int(n) if n is not None else None
 
     def to(self, *args: Any, **kwargs: Any) -> "ConsistencyModelPipeline":
-        """Move the network: ``to(device)``, ``to(dtype)``, ``to(device, dtype)`` or ``to(device=..., dtype=...)``."""
+        """Move the network: ``to(device)``, ``to(dtype)``, ``to(device, dtype)`` or ``to(device=..., dtype=...)``.
+
+        ``silence_dtype_warnings=True`` (diffusers' flag) turns off the float16-on-CPU warning.
+        """
         device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+        if "silence_dtype_warnings" in kwargs:
+            self._silence_dtype_warnings = bool(kwargs.pop("silence_dtype_warnings"))
         if kwargs:
             raise TypeError(f"to() got unexpected keyword arguments: {', '.join(kwargs)}")
         if len(args) > 2:
@@ -299,7 +305,7 @@ class ConsistencyModelPipeline(EditingMixin):
         return self.scheduler.timesteps
 
     def _warn_slow_dtype(self, dtype: torch.dtype, device: torch.device) -> None:
-        if dtype == torch.float16 and device.type == "cpu":
+        if dtype == torch.float16 and device.type == "cpu" and not self._silence_dtype_warnings:
             warnings.warn(
                 "sampling in float16 on a CPU is very slow (about 1000x slower than float32 matrix products "
                 "here); use torch.bfloat16 on CPU, or float16 on a GPU",
