@@ -476,3 +476,31 @@ def test_cli_sample_help_has_examples(capsys):
         main(["sample", "--help"])
     out = capsys.readouterr().out
     assert "examples:" in out and "--timesteps 22 0" in out
+
+
+# ----- EDM teachers are saved in the same layout but must not be sampled as consistency models ---------------------
+def test_edm_teacher_round_trips_and_refuses_consistency_sampling(tmp_path):
+    pipe = make_mlp_pipe((2,))
+    pipe.parameterization = "edm"
+    pipe.save_pretrained(tmp_path / "teacher")
+    index = json.loads((tmp_path / "teacher" / "model_index.json").read_text())
+    assert index["cmkit_parameterization"] == "edm"
+    loaded = ConsistencyModelPipeline.from_pretrained(tmp_path / "teacher")
+    assert loaded.parameterization == "edm"
+    with pytest.raises(ValueError, match="EDM diffusion teacher.*Heun"):
+        loaded(batch_size=2, output_type="np")
+    with pytest.raises(ValueError, match="EDM diffusion teacher"):
+        loaded.consistency_function()
+    # a consistency pipeline does not write the key at all, so diffusers sees a plain layout
+    make_mlp_pipe((2,)).save_pretrained(tmp_path / "cm")
+    assert "cmkit_parameterization" not in json.loads((tmp_path / "cm" / "model_index.json").read_text())
+
+
+def test_bad_parameterization_entry_is_rejected(tmp_path):
+    make_mlp_pipe((2,)).save_pretrained(tmp_path / "p")
+    path = tmp_path / "p" / "model_index.json"
+    index = json.loads(path.read_text())
+    index["cmkit_parameterization"] = "eps"
+    path.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="must be 'consistency' or 'edm'"):
+        ConsistencyModelPipeline.from_pretrained(tmp_path / "p")

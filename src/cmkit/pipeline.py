@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .karras import Parameterization
 from .models.denoiser import call_network
 from .editing.pipeline_methods import EditingMixin
 from .models.modeling import parse_dtype, resolve_dtype_args
@@ -69,6 +70,8 @@ class ConsistencyModelPipeline(EditingMixin):
         self.default_timesteps: dict[str, list[int]] = {}
         self._progress_bar_config: dict[str, Any] = {}
         self._silence_dtype_warnings = False
+        #: "consistency", or "edm" for a diffusion teacher saved by ``cmkit train --method edm`` (not sampleable here).
+        self.parameterization: Parameterization = "consistency"
 
     # ----- components, device and dtype -------------------------------------------------------------------
     @property
@@ -181,12 +184,13 @@ class ConsistencyModelPipeline(EditingMixin):
     ) -> "ConsistencyModelPipeline":
         """Load a diffusers-format pipeline directory or hub id; ``torch_dtype`` and ``dtype`` are synonyms."""
         target_dtype = resolve_dtype_args(torch_dtype, dtype)
-        components, defaults = load_components(pretrained_model_name_or_path)
+        components, defaults, parameterization = load_components(pretrained_model_name_or_path)
         unet = components["unet"]
         if isinstance(unet, nn.Module):
             unet.eval()
         pipe = cls(**components)
         pipe.default_timesteps = defaults
+        pipe.parameterization = parameterization
         if target_dtype is not None or device is not None:
             pipe.to(device=device, dtype=target_dtype)
         return pipe
@@ -195,7 +199,7 @@ class ConsistencyModelPipeline(EditingMixin):
         """Write ``model_index.json``, ``unet/`` and ``scheduler/`` in diffusers' layout (safetensors weights)."""
         if not safe_serialization:
             raise ValueError("cmkit writes weights only as safetensors; leave safe_serialization=True")
-        save_components(save_directory, self.components, self.default_timesteps)
+        save_components(save_directory, self.components, self.default_timesteps, self.parameterization)
 
     def set_default_timesteps(self, num_inference_steps: int, timesteps: Optional[Sequence[int]]) -> None:
         """Use ``timesteps`` whenever a call asks for ``num_inference_steps`` steps without timesteps (None clears)."""
@@ -304,6 +308,16 @@ class ConsistencyModelPipeline(EditingMixin):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
         return self.scheduler.timesteps
 
+    def require_consistency_model(self) -> None:
+        """Raise if the network is an EDM diffusion teacher: one-step consistency sampling would be wrong for it."""
+        if self.parameterization != "consistency":
+            raise ValueError(
+                "this pipeline holds an EDM diffusion teacher (cmkit_parameterization 'edm'), not a consistency "
+                "model, so consistency sampling would give wrong images. Sample it with the Heun ODE solver: "
+                "`cmkit eval --model DIR` or cmkit.metrics.generate.generate_heun_samples(pipe, ...); or distil it "
+                "into a consistency model with `cmkit train --method cd --teacher DIR`."
+            )
+
     def _warn_slow_dtype(self, dtype: torch.dtype, device: torch.device) -> None:
         if dtype == torch.float16 and device.type == "cpu" and not self._silence_dtype_warnings:
             warnings.warn(
@@ -333,6 +347,7 @@ class ConsistencyModelPipeline(EditingMixin):
         descending (e.g. ``[22, 0]`` for cd_imagenet64). ``callback(i, t, sample)`` runs every
         ``callback_steps`` steps. Returns ``ImagePipelineOutput(images=...)`` or ``(images,)``.
         """
+        self.require_consistency_model()
         sample_shape = self.sample_shape
         device, dtype = self.device, self.dtype
         self.check_inputs(

@@ -18,12 +18,16 @@ from typing import Any, Mapping
 from .config import DIFFUSERS_COMPAT_VERSION
 from .io.atomic import atomic_write_text
 from .io.hub import resolve_pretrained
+from .karras import Parameterization
 from .registry import component_entry, resolve_component_class
 
 MODEL_INDEX = "model_index.json"
 PIPELINE_CLASS_NAME = "ConsistencyModelPipeline"
 COMPONENT_NAMES: tuple[str, ...] = ("unet", "scheduler")
 DEFAULT_TIMESTEPS_KEY = "cmkit_default_timesteps"
+#: how the saved network is preconditioned: "consistency" (the default) or "edm" (a diffusion teacher, which
+#: must be sampled with an ODE solver such as cmkit.sampling.sample_heun, not by this pipeline).
+PARAMETERIZATION_KEY = "cmkit_parameterization"
 
 #: files a hub download needs (configs and weights of the two components), never the whole repository.
 HUB_PATTERNS = [
@@ -71,10 +75,19 @@ def parse_default_timesteps(value: Any, source: str = MODEL_INDEX) -> dict[str, 
     return out
 
 
+def parse_parameterization(value: Any, source: str = MODEL_INDEX) -> Parameterization:
+    """Validate the ``cmkit_parameterization`` entry (absent means "consistency")."""
+    if value is None:
+        return "consistency"
+    if value not in ("consistency", "edm"):
+        raise ValueError(f"{PARAMETERIZATION_KEY} in {source} must be 'consistency' or 'edm', got {value!r}")
+    return value
+
+
 def load_components(
     name_or_path: str | os.PathLike,
-) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """Load ``unet`` and ``scheduler`` (and the tuned default timesteps) from a pipeline directory or hub id."""
+) -> tuple[dict[str, Any], dict[str, list[int]], Parameterization]:
+    """Load ``unet`` and ``scheduler``, the tuned default timesteps and the parameterization of a pipeline."""
     directory = resolve_pretrained(name_or_path, allow_patterns=HUB_PATTERNS)
     index = read_model_index(directory)
     class_name = index.get("_class_name")
@@ -87,7 +100,7 @@ def load_components(
     extra = sorted(
         k
         for k, v in index.items()
-        if not k.startswith("_") and k not in COMPONENT_NAMES and k != DEFAULT_TIMESTEPS_KEY
+        if not k.startswith("_") and k not in COMPONENT_NAMES and k not in (DEFAULT_TIMESTEPS_KEY, PARAMETERIZATION_KEY)
         and isinstance(v, (list, tuple)) and v and v[0] is not None
     )
     if extra:
@@ -104,13 +117,15 @@ def load_components(
         cls = resolve_component_class(entry[0], entry[1], component=name)
         components[name] = cls.from_pretrained(str(directory / name))
     defaults = parse_default_timesteps(index.get(DEFAULT_TIMESTEPS_KEY), str(directory / MODEL_INDEX))
-    return components, defaults
+    parameterization = parse_parameterization(index.get(PARAMETERIZATION_KEY), str(directory / MODEL_INDEX))
+    return components, defaults, parameterization
 
 
 def save_components(
     directory: str | os.PathLike,
     components: Mapping[str, Any],
     default_timesteps: Mapping[str, list[int]],
+    parameterization: Parameterization = "consistency",
 ) -> Path:
     """Write a pipeline directory diffusers can read: each component's folder, then ``model_index.json``."""
     root = Path(directory)
@@ -125,5 +140,7 @@ def save_components(
         target.save_pretrained(str(root / name))
     if default_timesteps:
         index[DEFAULT_TIMESTEPS_KEY] = {k: list(v) for k, v in sorted(default_timesteps.items())}
+    if parameterization != "consistency":
+        index[PARAMETERIZATION_KEY] = parse_parameterization(parameterization)
     atomic_write_text(root / MODEL_INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
     return root

@@ -58,6 +58,7 @@ class EditingMixin:
 
     def consistency_function(self):
         """``f(x, sigma, class_labels)`` of the pipeline's network, computed in float32 around the network's dtype."""
+        self.require_consistency_model()  # type: ignore[attr-defined]
         cfg = self._sigma_config()
         f = Denoiser(self.unet, "consistency", cfg["sigma_min"], cfg["sigma_data"])
         dtype = self.dtype  # type: ignore[attr-defined]

@@ -20,7 +20,7 @@ from ..sampling import edm_sampling_sigmas, sample_heun
 
 def parameterization_of(pipeline_dir: str | Path) -> Literal["consistency", "edm"]:
     """Whether a pipeline directory holds a consistency model or an EDM teacher (recorded by training)."""
-    from ..training.build import PARAMETERIZATION_KEY
+    from ..pipeline_io import PARAMETERIZATION_KEY
 
     path = Path(pipeline_dir) / "model_index.json"
     value = json.loads(path.read_text()).get(PARAMETERIZATION_KEY, "consistency") if path.is_file() else "consistency"

@@ -14,11 +14,10 @@ from torch import nn
 from ..data import DataSource, build_dataset
 from ..karras import Parameterization
 from ..models.denoiser import Denoiser
+from ..pipeline_io import PARAMETERIZATION_KEY
 from .config import TrainConfig
 from .objectives.base import Objective
 
-#: extra key in ``model_index.json`` naming the preconditioning of the saved network ("consistency" or "edm").
-PARAMETERIZATION_KEY = "cmkit_parameterization"
 #: methods whose objective takes the run length K (``total_steps``) for its N(k) schedule.
 _TOTAL_STEPS_METHODS = ("ct", "ict")
 

@@ -8,16 +8,13 @@ Heun, loadable as ``--teacher``), ``"consistency"`` a consistency model.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
 
 from torch import nn
 
-from ..io.atomic import atomic_write_text
 from ..karras import SIGMA_MAX, SIGMA_MIN, Parameterization, sigma_to_grid_index
-from .build import PARAMETERIZATION_KEY
 
 
 def export_pipeline(
@@ -39,12 +36,9 @@ def export_pipeline(
         num_train_timesteps=num_train_timesteps, sigma_min=sigma_min, sigma_max=sigma_max, clip_denoised=clip_denoised
     )
     pipe = ConsistencyModelPipeline(unet=net, scheduler=scheduler)
+    pipe.parameterization = parameterization
     if tau is not None:
         tau_index = sigma_to_grid_index(tau, num_train_timesteps, sigma_min, sigma_max, interior=True)
         pipe.set_default_timesteps(2, [tau_index, 0])
     pipe.save_pretrained(directory)
-    index_path = Path(directory) / "model_index.json"
-    index = json.loads(index_path.read_text())
-    index[PARAMETERIZATION_KEY] = parameterization
-    atomic_write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
     return Path(directory)
