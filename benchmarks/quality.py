@@ -1,0 +1,241 @@
+"""Sample quality of every training method on the 2-D toys: SWD against a fixed reference, as a multiple of its floor.
+
+For each data set and seed: train an EDM teacher (sampled with Heun at 35 and 79 NFE), distil it (CD), tune it
+into a consistency model (ECT), and train a consistency model from scratch (iCT). Every run has a fixed number
+of steps (wall-clock budgets are too noisy on a shared CPU), and its seconds are reported next to it.
+The 2-step intermediate sigma (tau) is chosen on a separate validation reference and stated in every row.
+The table reports the worse of the seeds.
+
+    python benchmarks/quality.py                       # full benchmark (2 data sets x 2 seeds, ~1 h on 2 cores)
+    python benchmarks/quality.py --data 8gaussians --seeds 0 --methods edm cd   # a slice
+    python benchmarks/quality.py --quick               # a smoke run with tiny step counts (not a measurement)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from cmkit.data.toys import sample_toy
+from cmkit.karras import SIGMA_MAX, karras_sigmas
+from cmkit.metrics.swd import sliced_wasserstein, toy_reference, toy_swd_floor
+from cmkit.models.denoiser import Denoiser
+from cmkit.sampling import edm_sampling_sigmas, sample_consistency, sample_heun
+
+NUM_SAMPLES = 10_000
+VALIDATION_SEED = 12345  # the tau search uses a reference set drawn with this seed, not the reported one
+TAU_GRID = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.2, 1.6, 2.0)
+
+#: targets as multiples of the floor (issue 3), keyed by (method, nfe).
+TARGETS = {
+    ("edm", 35): 3.0,
+    ("edm", 79): 1.3,
+    ("cd", 1): 2.5,
+    ("cd", 2): 1.5,
+    ("ict", 1): 4.0,
+    ("ict", 2): 2.0,
+    ("ect", 1): 4.0,
+    ("ect", 2): 1.6,
+}
+
+
+@dataclass
+class Recipe:
+    """One method's fixed training recipe (fields of :class:`cmkit.training.config.TrainConfig`)."""
+
+    steps: int
+    lr: float
+    batch: int = 512
+    warmup: int = 100
+    schedule: str = "cosine"
+    grad_clip: Optional[float] = None
+    ema: float = 0.999
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {
+    "edm": Recipe(steps=12_000, lr=2e-3),
+    "cd": Recipe(steps=5_000, lr=5e-4, options={"num_scales": 18, "target_ema": 0.95, "loss": "l2"}),
+    "ict": Recipe(steps=12_000, lr=1e-3, options={"s0": 10, "s1": 1280}),
+    "ect": Recipe(steps=8_000, lr=5e-4, options={"steps_per_stage": 1000}),
+}
+
+
+def train(
+    method: str, data: str, seed: int, recipe: Recipe, out_dir: Path, teacher_dir: Optional[Path] = None
+) -> tuple[Denoiser, float, float]:
+    """Train with :func:`cmkit.training.loop.train` (Adam, warm-up + cosine, EMA).
+
+    Returns the exported (EMA) model, the run's wall-clock seconds and this process's CPU seconds (the
+    latter is what the run costs on an idle core; wall time on a shared host can be several times larger).
+    """
+    from cmkit.training.build import load_denoiser
+    from cmkit.training.config import DataConfig, TrainConfig
+    from cmkit.training.loop import INFO_FILE, train as run_training
+
+    config = TrainConfig(
+        method=method,  # type: ignore[arg-type]
+        data=DataConfig(kind="toy", toy=data),
+        model="mlp",
+        teacher=str(teacher_dir) if teacher_dir is not None else None,
+        objective_options=dict(recipe.options),
+        steps=recipe.steps,
+        batch_size=recipe.batch,
+        lr=recipe.lr,
+        optimizer="adam",
+        warmup_steps=recipe.warmup,
+        lr_schedule=recipe.schedule,  # type: ignore[arg-type]
+        grad_clip=recipe.grad_clip,
+        ema_rates=(recipe.ema,),
+        output_dir=str(out_dir),
+        save_every=0,
+        log_every=500,
+        seed=seed,
+        device="cpu",
+        progress=False,
+    )
+    cpu_start = time.process_time()
+    run_training(config)
+    cpu_seconds = time.process_time() - cpu_start
+    info = json.loads((out_dir / INFO_FILE).read_text())
+    return load_denoiser(out_dir).eval(), float(info["seconds_this_session"]), cpu_seconds
+
+
+def noise(seed: int, n: int = NUM_SAMPLES) -> Tensor:
+    """Initial noise ``sigma_max z`` for evaluation."""
+    return SIGMA_MAX * torch.randn(n, 2, generator=torch.Generator().manual_seed(777 + seed))
+
+
+@torch.no_grad()
+def heun_samples(teacher: Denoiser, num_steps: int, seed: int) -> Tensor:
+    """EDM Heun samples with ``num_steps`` sigmas (``2 num_steps - 1`` NFE)."""
+    return sample_heun(teacher, noise(seed), edm_sampling_sigmas(num_steps))
+
+
+@torch.no_grad()
+def cm_samples(model: Denoiser, sigmas: list[float], seed: int) -> Tensor:
+    """Consistency samples over ``sigmas`` (one entry = one step)."""
+    gen = torch.Generator().manual_seed(999 + seed)
+    return sample_consistency(model, noise(seed), torch.tensor(sigmas, dtype=torch.float64), gen)
+
+
+def tau_candidates(method: str, recipe: Recipe) -> list[float]:
+    """2-step tau values to search: CD's model is trained only on its N-point grid, so its grid points; else a fixed list."""
+    if method == "cd":
+        sigmas = karras_sigmas(int(recipe.options.get("num_scales", 18)))
+        return [float(s) for s in sigmas if 0.01 <= float(s) <= 3.0]
+    return list(TAU_GRID)
+
+
+def best_tau(model: Denoiser, data: str, seed: int, candidates: list[float]) -> float:
+    """The 2-step tau with the lowest SWD against a validation reference (not the reported one)."""
+    reference = sample_toy(data, NUM_SAMPLES, torch.Generator().manual_seed(VALIDATION_SEED))
+    scores = {tau: sliced_wasserstein(cm_samples(model, [SIGMA_MAX, tau], seed + 500), reference) for tau in candidates}
+    return min(scores, key=scores.get)
+
+
+def evaluate(method: str, model: Denoiser, data: str, seed: int, reference: Tensor, recipe: Recipe) -> list[dict[str, Any]]:
+    """Rows ``{nfe, tau, swd}`` for one trained model."""
+    if method == "edm":
+        return [
+            {"nfe": 2 * n - 1, "tau": None, "swd": sliced_wasserstein(heun_samples(model, n, seed), reference)}
+            for n in (18, 40)
+        ]
+    tau = best_tau(model, data, seed, tau_candidates(method, recipe))
+    return [
+        {"nfe": 1, "tau": None, "swd": sliced_wasserstein(cm_samples(model, [SIGMA_MAX], seed), reference)},
+        {"nfe": 2, "tau": tau, "swd": sliced_wasserstein(cm_samples(model, [SIGMA_MAX, tau], seed), reference)},
+    ]
+
+
+def run(datasets: list[str], seeds: list[int], methods: list[str], quick: bool, work: Path, log: Callable[[str], None]) -> list[dict]:
+    """Train and evaluate; one record per (data, method, nfe, seed)."""
+    records = []
+    for data in datasets:
+        reference = toy_reference(data, NUM_SAMPLES)
+        floor, floor_std = toy_swd_floor(data, NUM_SAMPLES)
+        log(f"{data}: SWD floor {floor:.5f} +- {floor_std:.5f}")
+        for seed in seeds:
+            teacher_dir = None
+            needs_teacher = any(m in ("edm", "cd", "ect") for m in methods)
+            for method in (["edm"] if needs_teacher else []) + [m for m in methods if m != "edm"]:
+                recipe = RECIPES[method]
+                if quick:
+                    recipe = Recipe(**{**recipe.__dict__, "steps": 50})
+                out_dir = work / f"{data}-seed{seed}-{method}"
+                if out_dir.exists():
+                    shutil.rmtree(out_dir)
+                model, seconds, cpu = train(method, data, seed, recipe, out_dir, teacher_dir if method != "edm" else None)
+                log(f"  {method} {data} seed {seed}: {recipe.steps} steps in {seconds:.0f} s ({cpu:.0f} CPU s)")
+                if method == "edm":
+                    teacher_dir = out_dir
+                    if "edm" not in methods:
+                        continue
+                for row in evaluate(method, model, data, seed, reference, recipe):
+                    rec = {"data": data, "method": method, "seed": seed, "steps": recipe.steps, "seconds": seconds,
+                           "cpu_seconds": cpu, "floor": floor, **row}
+                    rec["x_floor"] = rec["swd"] / floor
+                    log(f"  -> {json.dumps(rec)}")
+                    records.append(rec)
+    return records
+
+
+def table(records: list[dict]) -> str:
+    """Markdown table: the worse seed per (data, method, nfe)."""
+    lines = [
+        "| data | method | NFE | steps | seconds (max) | CPU s (max) | tau | SWD (worst seed) | x floor | target | seeds x floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = []
+    for r in records:
+        k = (r["data"], r["method"], r["nfe"])
+        if k not in keys:
+            keys.append(k)
+    for data, method, nfe in keys:
+        rows = [r for r in records if (r["data"], r["method"], r["nfe"]) == (data, method, nfe)]
+        worst = max(rows, key=lambda r: r["swd"])
+        target = TARGETS.get((method, nfe))
+        ok = "" if target is None else (" ok" if worst["x_floor"] <= target else " MISSED")
+        taus = sorted({r["tau"] for r in rows if r["tau"] is not None})
+        per_seed = ", ".join(f"{r['x_floor']:.2f}" for r in rows)
+        lines.append(
+            f"| {data} | {method} | {nfe} | {worst['steps']} | {max(r['seconds'] for r in rows):.0f} | "
+            f"{max(r['cpu_seconds'] for r in rows):.0f} | "
+            f"{', '.join(f'{t:.3g}' for t in taus) or '-'} | {worst['swd']:.4f} | {worst['x_floor']:.2f} | "
+            f"<= {target:g}{ok} | {per_seed} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", nargs="+", default=["8gaussians", "moons"], choices=["8gaussians", "moons", "swissroll"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--methods", nargs="+", default=["edm", "cd", "ict", "ect"], choices=["edm", "cd", "ict", "ect"])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is as fast for this MLP)")
+    parser.add_argument("--quick", action="store_true", help="50 steps per run: checks the script, measures nothing")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw records here")
+    parser.add_argument("--work", type=Path, default=None, help="keep the trained runs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="cmkit-quality-") as tmp:
+        work = args.work or Path(tmp)
+        records = run(args.data, args.seeds, args.methods, args.quick, work, lambda s: print(s, file=sys.stderr, flush=True))
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1))
+    print(table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
