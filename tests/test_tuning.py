@@ -168,3 +168,15 @@ def test_tune_timesteps_cli_rejects_an_edm_teacher(tiny_digits_pipeline, capsys)
     path.write_text(json.dumps(index))
     assert main(["tune-timesteps", "--model", str(tiny_digits_pipeline)]) == 1
     assert "EDM teacher" in capsys.readouterr().err
+
+
+def test_default_labels_balance_every_draw_of_360():
+    from types import SimpleNamespace
+
+    from cmkit.tuning import default_labels
+
+    labels = default_labels(SimpleNamespace(num_classes=10), 720)
+    # each 360-sample draw that FD-digits measures holds 36 of every class (not classes 0-4, then 5-9)
+    for draw in labels.split(360):
+        assert torch.bincount(draw, minlength=10).tolist() == [36] * 10
+    assert default_labels(SimpleNamespace(num_classes=None), 720) is None

@@ -98,13 +98,16 @@ def _resolve_metric(metric: MetricName | MetricFn) -> MetricFn:
 
 
 def default_labels(pipe, num_samples: int) -> Optional[Tensor]:
-    """Equal runs of each class for a class-conditional pipeline (36 per class per 360), else None."""
+    """Equal runs of each class within every FD draw of 360 (36 per class each), else None if unconditional."""
+    from .metrics.fd_digits import DRAW_SIZE
+
     num_classes = pipe.num_classes
     if num_classes is None:
         return None
     if num_samples % num_classes:
         raise ValueError(f"num_samples must be a multiple of the {num_classes} classes, got {num_samples}")
-    return torch.arange(num_classes).repeat_interleave(num_samples // num_classes)
+    draw = DRAW_SIZE if num_samples % DRAW_SIZE == 0 and DRAW_SIZE % num_classes == 0 else num_samples
+    return torch.arange(num_classes).repeat_interleave(draw // num_classes).repeat(num_samples // draw)
 
 
 @dataclass(frozen=True)
