@@ -13,7 +13,7 @@ import sys
 from typing import Sequence
 
 #: subcommand modules under ``cmkit.cli``, in ``--help`` order.
-SUBCOMMANDS: tuple[str, ...] = ("sample", "train", "edit", "eval", "tune_timesteps", "convert")
+SUBCOMMANDS: tuple[str, ...] = ("sample", "train", "edit", "eval", "tune_timesteps", "convert", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
