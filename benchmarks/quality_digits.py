@@ -1,0 +1,191 @@
+"""Sample quality on the embedded 8x8 digits: FD-digits of every method's trained run, against its floor.
+
+Rows: the EDM teacher (Heun, 18 steps = 35 NFE), and CD (the bundled model), iCT, ECT and CT at 1 and 2
+steps. Each run is the output of the recipe scripts, which fix every step count and option:
+
+    bash recipes/digits/train.sh          # teacher + CD -> runs/digits/{teacher,cd}, copied into the package
+    bash recipes/digits/baselines.sh      # iCT, ECT, CT -> runs/digits/{ict,ect,ct}
+
+This script only samples and measures (a few minutes on 2 cores); runs that are missing are listed as such.
+FD-digits compares 5 draws of 360 class-balanced samples with the 360 held-out images (cmkit.metrics);
+2 steps use each pipeline's tuned default timestep (``cmkit tune-timesteps``), else tau = 0.8 is reported.
+
+    python benchmarks/quality_digits.py                          # table (markdown) on stdout
+    python benchmarks/quality_digits.py --json out/digits.json --plot out/quality_digits.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from cmkit.karras import karras_grid_sigmas, sigma_to_grid_index
+from cmkit.metrics import balanced_class_labels, evaluate_digits
+from cmkit.metrics.generate import generate_heun_samples, generate_samples, parameterization_of
+from cmkit.pipeline import ConsistencyModelPipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = ROOT / "src" / "cmkit" / "assets" / "digits_cm"
+#: (method, run directory name); CD is read from the bundled model when its run directory is absent.
+RUNS = (("edm", "teacher"), ("cd", "cd"), ("ict", "ict"), ("ect", "ect"), ("ct", "ct"))
+#: targets of issue 4 as multiples of the teacher's FD (consistency rows) or of the floor (teacher row).
+TARGETS = {("edm", 35): ("floor", 2.0), ("cd", 1): ("teacher", 1.3), ("cd", 2): ("teacher", 1.0)}
+FALLBACK_TAU = 0.8
+PER_DRAW, DRAWS = 360, 5
+
+
+def _run_info(run_dir: Path) -> dict[str, Any]:
+    """Steps and seconds of a run from its training_info.json and the recipe's cpu_seconds.json (if any)."""
+    info_path = run_dir / "training_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    cpu_path = run_dir / "cpu_seconds.json"
+    cpu = json.loads(cpu_path.read_text()).get("cpu_seconds") if cpu_path.is_file() else None
+    return {"steps": info.get("steps"), "seconds": info.get("seconds_this_session"), "cpu_seconds": cpu}
+
+
+def _resolve(method: str, runs: Path) -> Optional[Path]:
+    run_dir = runs / dict(RUNS)[method]
+    if (run_dir / "model_index.json").is_file():
+        return run_dir
+    if method == "cd" and (BUNDLED / "model_index.json").is_file():
+        return BUNDLED
+    return None
+
+
+def evaluate_run(method: str, model_dir: Path, seed: int) -> list[dict[str, Any]]:
+    """FD-digits rows (one per NFE) of one pipeline directory."""
+    pipe = ConsistencyModelPipeline.from_pretrained(str(model_dir))
+    pipe.set_progress_bar_config(disable=True)
+    labels = balanced_class_labels(PER_DRAW).repeat(DRAWS)
+    total = PER_DRAW * DRAWS
+    info = _run_info(model_dir)
+    configs: list[tuple[int, dict[str, Any], Optional[float]]]
+    if parameterization_of(model_dir) == "edm":
+        configs = [(35, {"heun_steps": 18}, None)]
+    else:
+        n = int(pipe.scheduler.config.num_train_timesteps)
+        tuned = pipe.default_timesteps.get("2")
+        index = tuned[0] if tuned else sigma_to_grid_index(FALLBACK_TAU, n, interior=True)
+        tau = float(karras_grid_sigmas([index], n)[0])
+        configs = [(1, {"num_inference_steps": 1}, None), (2, {"timesteps": [index, 0]}, tau)]
+    rows = []
+    for nfe, options, tau in configs:
+        t0 = time.perf_counter()
+        if "heun_steps" in options:
+            samples = generate_heun_samples(pipe, total, seed, class_labels=labels, **options)
+        else:
+            samples = generate_samples(pipe, total, seed, class_labels=labels, **options)
+        sample_seconds = time.perf_counter() - t0
+        result = evaluate_digits(samples, labels, draws=DRAWS)
+        rows.append({
+            "data": "digits", "method": method, "nfe": nfe, "tau": tau, "model": str(model_dir),
+            "metric": "fd_digits", "value": result.fd_mean, "std": result.fd_std, "floor": result.floor_mean,
+            "x_floor": result.ratio, "accuracy": result.accuracy, "sample_seconds": sample_seconds, **info,
+        })
+    return rows
+
+
+def run(runs: Path, methods: list[str], seed: int, log=print) -> list[dict[str, Any]]:
+    """Evaluate every available run; a missing run becomes a record with ``value=None``."""
+    records = []
+    for method in methods:
+        model_dir = _resolve(method, runs)
+        if model_dir is None:
+            log(f"digits {method}: no run in {runs / dict(RUNS)[method]} (see recipes/digits/)")
+            records.append({"data": "digits", "method": method, "nfe": None, "value": None})
+            continue
+        for row in evaluate_run(method, model_dir, seed):
+            log(f"digits {method} NFE {row['nfe']}: FD {row['value']:.2f} ± {row['std']:.2f} "
+                f"({row['x_floor']:.2f}x floor, accuracy {row['accuracy']:.3f})")
+            records.append(row)
+    teacher = next((r["value"] for r in records if r["method"] == "edm" and r["value"] is not None), None)
+    for r in records:
+        r["x_teacher"] = None if teacher is None or r["value"] is None else r["value"] / teacher
+    return records
+
+
+def _target_text(r: dict[str, Any]) -> str:
+    target = TARGETS.get((r["method"], r["nfe"]))
+    if target is None:
+        return ""
+    base, factor = target
+    value = r["x_floor"] if base == "floor" else r.get("x_teacher")
+    if value is None:
+        return f"<= {factor:g}x {base}"
+    return f"<= {factor:g}x {base}: {'ok' if value <= factor else 'MISSED'}"
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """Markdown table of the digits records."""
+    lines = [
+        "| data | method | NFE | tau | train steps | train s (wall) | train CPU s | FD-digits (5 x 360) | x floor "
+        "| x teacher | accuracy | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in records:
+        if r["value"] is None:
+            lines.append(f"| digits | {r['method']} | - | - | - | - | - | not trained | - | - | - | |")
+            continue
+        lines.append(
+            f"| digits | {r['method']} | {r['nfe']} | {fmt(r['tau'], '.3g')} | {fmt(r['steps'], 'd')} | "
+            f"{fmt(r['seconds'], '.0f')} | {fmt(r['cpu_seconds'], '.0f')} | {r['value']:.2f} ± {r['std']:.2f} | "
+            f"{r['x_floor']:.2f} | {fmt(r['x_teacher'], '.2f')} | {r['accuracy']:.3f} | {_target_text(r)} |"
+        )
+    floor = next((r["floor"] for r in records if r.get("floor") is not None), None)
+    if floor is not None:
+        lines.append(f"\nFD-digits floor (train vs held-out, 5 draws of 360): {floor:.2f}")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    """Quality (x floor) against NFE, one line per method, log-scaled NFE axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method in dict.fromkeys(r["method"] for r in records if r["value"] is not None):
+        rows = sorted((r for r in records if r["method"] == method and r["value"] is not None), key=lambda r: r["nfe"])
+        ax.plot([r["nfe"] for r in rows], [r["x_floor"] for r in rows], marker="o", label=method)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="floor")
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations (NFE)")
+    ax.set_ylabel("FD-digits / floor")
+    ax.set_title("digits: quality against NFE")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "digits", help="recipe output folder")
+    parser.add_argument("--methods", nargs="+", default=[m for m, _ in RUNS], choices=[m for m, _ in RUNS])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--json", type=Path, default=None, help="also write the records here")
+    parser.add_argument("--plot", type=Path, default=None, help="also write a quality-vs-NFE PNG here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    records = run(args.runs, args.methods, args.seed, log=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(records, indent=1))
+    if args.plot:
+        plot(records, args.plot)
+    print(table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
