@@ -120,7 +120,7 @@ class ResnetBlock2D(nn.Module):
 
     def forward(self, x: Tensor, temb_act: Tensor) -> Tensor:
         """Apply the block to ``x`` ``[B, C, H, W]`` given the activated time embedding ``[B, temb_channels]``."""
-        h = self.nonlinearity(self.norm1(x))
+        h = _act(self.nonlinearity, self.norm1(x))
         if self.resample is not None:
             x = self._resample(x)
             h = self._resample(h)
@@ -128,16 +128,29 @@ class ResnetBlock2D(nn.Module):
         t = self.time_emb_proj(temb_act)[:, :, None, None]
         if self.time_scale_shift == "scale_shift":
             scale, shift = t.chunk(2, dim=1)
-            h = self.norm2(h) * (1 + scale) + shift
+            # norm2(h) (1 + scale) + shift in one pass over h (addcmul) instead of two
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)
         else:
             h = self.norm2(h + t)
-        h = self.conv2(self.dropout(self.nonlinearity(h)))
+        h = self.conv2(self.dropout(_act(self.nonlinearity, h)))
         if self.conv_shortcut is not None:
             x = self.conv_shortcut(x)
-        out = x + h
+        out = h.add_(x) if _may_overwrite(h) else x + h
         if self.output_scale_factor != 1.0:
             out = out / self.output_scale_factor
         return out
+
+
+def _may_overwrite(h: Tensor) -> bool:
+    """Whether the intermediate ``h`` may be updated in place: autograd is not tracking it."""
+    return not (torch.is_grad_enabled() and h.requires_grad)
+
+
+def _act(act: nn.Module, h: Tensor) -> Tensor:
+    """``act(h)``, overwriting the intermediate ``h`` (no new buffer) when autograd allows and ``act`` is SiLU."""
+    if type(act) is nn.SiLU and _may_overwrite(h):
+        return F.silu(h, inplace=True)
+    return act(h)
 
 
 class Attention(nn.Module):
@@ -178,16 +191,17 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Self-attend ``x`` of shape ``[B, C, H, W]``; returns the same shape."""
         b, c, height, width = x.shape
-        h = x.view(b, c, height * width)
-        if self.group_norm is not None:
-            h = self.group_norm(h)
-        h = h.transpose(1, 2)  # [B, L, C]
+        h = self.group_norm(x) if self.group_norm is not None else x
+        # [B, L, C] tokens: a free view of a channels-last feature map (a copy otherwise)
+        h = h.permute(0, 2, 3, 1).reshape(b, height * width, c)
         q = self.to_q(h).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
         k = self.to_k(h).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
         v = self.to_v(h).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
         a = F.scaled_dot_product_attention(q, k, v)
         a = a.transpose(1, 2).reshape(b, height * width, self.heads * self.head_dim)
-        out = self.to_out[0](a).transpose(1, 2).reshape(b, c, height, width) + x
+        # back to [B, C, H, W] as a channels-last view of the [B, L, C] projection
+        out = self.to_out[0](a).view(b, height, width, c).permute(0, 3, 1, 2)
+        out = out.add_(x) if _may_overwrite(out) else out + x
         if self.rescale_output_factor != 1.0:
             out = out / self.rescale_output_factor
         return out

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..config import ConfigMixin, register_to_config
 from .layers import TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
 from .modeling import PretrainedMixin
-from .unet_blocks import DownStage, MidStage, StageSettings, UpStage
+from .unet_blocks import DownStage, MidStage, Stage, StageSettings, UpStage
 
 #: down block type -> (has attention, downsampler kind; ``None`` = take ``downsample_type`` from the config)
 DOWN_BLOCKS: dict[str, tuple[bool, Optional[str]]] = {
@@ -245,6 +245,34 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(c0, out_channels, kernel_size=3, padding=1)
         self._downsample_factor = 2 ** (n - 1)
+        self._channels_last_weights()
+        # loading with ``assign=True`` (from_pretrained on the meta device) replaces the parameters: redo it
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._channels_last_weights())
+
+    def _channels_last_weights(self) -> None:
+        """Store convolution kernels channels-last, the layout of the activations, so no call re-lays them out."""
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d) and not module.weight.is_meta:
+                    module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute each residual block and attention layer in the backward pass instead of storing activations."""
+        self._set_gradient_checkpointing(True)
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Store activations for the backward pass again (the default)."""
+        self._set_gradient_checkpointing(False)
+
+    def _set_gradient_checkpointing(self, value: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, Stage):
+                module.gradient_checkpointing = value
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether activation checkpointing is on (see :meth:`enable_gradient_checkpointing`)."""
+        return any(m.gradient_checkpointing for m in self.modules() if isinstance(m, Stage))
 
     def _timesteps(self, timestep: Union[Tensor, float, int], batch: int, device: torch.device) -> Tensor:
         """A 1-d tensor of ``batch`` timesteps from a number, a 0-d tensor, or a 1-d tensor of length 1 or ``batch``."""
@@ -299,7 +327,9 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
             raise ValueError("class_labels were given but this UNet is unconditional (num_class_embeds is None)")
         temb_act = self.temb_act(emb)
 
-        h = self.conv_in(sample)
+        # channels-last activations: oneDNN convolutions, GroupNorm and the attention tokens then need no
+        # layout copies (measured ~1.4x faster on CPU in float32 and bfloat16; see docs/speed.md)
+        h = self.conv_in(sample.contiguous(memory_format=torch.channels_last))
         skips = [h]
         for down in self.down_blocks:
             h, res = down(h, temb_act)
@@ -310,7 +340,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
             k = len(up.resnets)
             h = up(h, skips[-k:], temb_act)
             skips = skips[:-k]
-        h = self.conv_out(self.conv_act(self.conv_norm_out(h)))
+        h = self.conv_out(self.conv_act(self.conv_norm_out(h))).contiguous()
         if not return_dict:
             return (h,)
         return UNet2DOutput(sample=h)

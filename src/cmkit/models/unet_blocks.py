@@ -14,6 +14,7 @@ from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .layers import Attention, Downsample2D, Resample, ResnetBlock2D, TimeScaleShift, Upsample2D
 
@@ -59,7 +60,20 @@ class StageSettings:
         )
 
 
-class DownStage(nn.Module):
+class Stage(nn.Module):
+    """Base of the stages: runs a layer directly or, with ``gradient_checkpointing``, recomputed in backward."""
+
+    #: set by ``UNet2DModel.enable_gradient_checkpointing``: trade compute for activation memory in training.
+    gradient_checkpointing: bool = False
+
+    def run(self, layer: nn.Module, *args: Tensor) -> Tensor:
+        """``layer(*args)``; under checkpointing its activations are recomputed in backward instead of stored."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+
+class DownStage(Stage):
     """``num_layers`` residual blocks (each optionally followed by attention), then an optional downsampler."""
 
     def __init__(
@@ -92,20 +106,20 @@ class DownStage(nn.Module):
         """Return the stage output and the skip activations it hands to the decoder."""
         skips = []
         for i, resnet in enumerate(self.resnets):
-            h = resnet(h, temb_act)
+            h = self.run(resnet, h, temb_act)
             if self.has_attention:
-                h = self.attentions[i](h)
+                h = self.run(self.attentions[i], h)
             skips.append(h)
         if self.downsample == "conv":
             h = self.downsamplers[0](h)
             skips.append(h)
         elif self.downsample == "resnet":
-            h = self.downsamplers[0](h, temb_act)
+            h = self.run(self.downsamplers[0], h, temb_act)
             skips.append(h)
         return h, skips
 
 
-class MidStage(nn.Module):
+class MidStage(Stage):
     """Residual block, then ``attention + residual block`` (diffusers' ``UNetMidBlock2D`` with one layer)."""
 
     def __init__(
@@ -124,13 +138,13 @@ class MidStage(nn.Module):
 
     def forward(self, h: Tensor, temb_act: Tensor) -> Tensor:
         """Apply the middle block."""
-        h = self.resnets[0](h, temb_act)
+        h = self.run(self.resnets[0], h, temb_act)
         if self.has_attention:
-            h = self.attentions[0](h)
-        return self.resnets[1](h, temb_act)
+            h = self.run(self.attentions[0], h)
+        return self.run(self.resnets[1], h, temb_act)
 
 
-class UpStage(nn.Module):
+class UpStage(Stage):
     """``num_layers`` residual blocks on ``cat(h, skip)`` (each optionally followed by attention), then an upsampler."""
 
     def __init__(
@@ -166,11 +180,11 @@ class UpStage(nn.Module):
         """Consume ``skips`` from the last one backwards, one per residual block."""
         n = len(skips)
         for i, resnet in enumerate(self.resnets):
-            h = resnet(torch.cat([h, skips[n - 1 - i]], dim=1), temb_act)
+            h = self.run(resnet, torch.cat([h, skips[n - 1 - i]], dim=1), temb_act)
             if self.has_attention:
-                h = self.attentions[i](h)
+                h = self.run(self.attentions[i], h)
         if self.upsample == "conv":
             h = self.upsamplers[0](h)
         elif self.upsample == "resnet":
-            h = self.upsamplers[0](h, temb_act)
+            h = self.run(self.upsamplers[0], h, temb_act)
         return h
