@@ -9,6 +9,9 @@ The table reports the worse of the seeds.
     python benchmarks/quality.py                       # full benchmark (2 data sets x 2 seeds, ~1 h on 2 cores)
     python benchmarks/quality.py --data 8gaussians --seeds 0 --methods edm cd   # a slice
     python benchmarks/quality.py --quick               # a smoke run with tiny step counts (not a measurement)
+    # in parallel, one process per data set and seed, then one table:
+    python benchmarks/quality.py --data moons --seeds 1 --json moons1.json   # (and the other three)
+    python benchmarks/quality.py --merge 8gaussians0.json 8gaussians1.json moons0.json moons1.json
 """
 
 from __future__ import annotations
@@ -64,10 +67,10 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "edm": Recipe(steps=12_000, lr=2e-3),
+    "edm": Recipe(steps=8_000, lr=2e-3),
     "cd": Recipe(steps=5_000, lr=5e-4, options={"num_scales": 18, "target_ema": 0.95, "loss": "l2"}),
-    "ict": Recipe(steps=12_000, lr=1e-3, options={"s0": 10, "s1": 1280}),
-    "ect": Recipe(steps=8_000, lr=5e-4, options={"steps_per_stage": 1000}),
+    "ict": Recipe(steps=8_000, lr=1e-3, options={"s0": 10, "s1": 1280}),
+    "ect": Recipe(steps=7_000, lr=5e-4, options={"steps_per_stage": 1000}),
 }
 
 
@@ -158,9 +161,17 @@ def evaluate(method: str, model: Denoiser, data: str, seed: int, reference: Tens
     ]
 
 
-def run(datasets: list[str], seeds: list[int], methods: list[str], quick: bool, work: Path, log: Callable[[str], None]) -> list[dict]:
-    """Train and evaluate; one record per (data, method, nfe, seed)."""
-    records = []
+def run(
+    datasets: list[str],
+    seeds: list[int],
+    methods: list[str],
+    quick: bool,
+    work: Path,
+    log: Callable[[str], None],
+    on_record: Callable[[list[dict]], None] = lambda records: None,
+) -> list[dict]:
+    """Train and evaluate; one record per (data, method, nfe, seed). ``on_record`` sees the list after each new one."""
+    records: list[dict] = []
     for data in datasets:
         reference = toy_reference(data, NUM_SAMPLES)
         floor, floor_std = toy_swd_floor(data, NUM_SAMPLES)
@@ -175,7 +186,7 @@ def run(datasets: list[str], seeds: list[int], methods: list[str], quick: bool, 
                 out_dir = work / f"{data}-seed{seed}-{method}"
                 if out_dir.exists():
                     shutil.rmtree(out_dir)
-                model, seconds, cpu = train(method, data, seed, recipe, out_dir, teacher_dir if method != "edm" else None)
+                model, seconds, cpu = train(method, data, seed, recipe, out_dir, teacher_dir if method in ("cd", "ect") else None)
                 log(f"  {method} {data} seed {seed}: {recipe.steps} steps in {seconds:.0f} s ({cpu:.0f} CPU s)")
                 if method == "edm":
                     teacher_dir = out_dir
@@ -187,6 +198,7 @@ def run(datasets: list[str], seeds: list[int], methods: list[str], quick: bool, 
                     rec["x_floor"] = rec["swd"] / floor
                     log(f"  -> {json.dumps(rec)}")
                     records.append(rec)
+                    on_record(records)
     return records
 
 
@@ -226,13 +238,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="50 steps per run: checks the script, measures nothing")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw records here")
     parser.add_argument("--work", type=Path, default=None, help="keep the trained runs here (default: a temporary folder)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="train nothing: print one table from records written by earlier --json runs")
     args = parser.parse_args(argv)
+    if args.merge:
+        print(table([rec for path in args.merge for rec in json.loads(path.read_text())]))
+        return 0
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="cmkit-quality-") as tmp:
         work = args.work or Path(tmp)
-        records = run(args.data, args.seeds, args.methods, args.quick, work, lambda s: print(s, file=sys.stderr, flush=True))
-    if args.json:
-        args.json.write_text(json.dumps(records, indent=1))
+        save = (lambda recs: args.json.write_text(json.dumps(recs, indent=1))) if args.json else (lambda recs: None)
+        records = run(args.data, args.seeds, args.methods, args.quick, work, lambda s: print(s, file=sys.stderr, flush=True), save)
     print(table(records))
     return 0
 
