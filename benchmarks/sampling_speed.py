@@ -1,15 +1,25 @@
-"""Sampling speed: cmkit's ConsistencyModelPipeline against diffusers' on the ImageNet-64 architecture.
+"""Speed report: cmkit against diffusers on the ImageNet-64 consistency architecture (sampling and training).
 
-Both pipelines get the same random weights (the published cd_imagenet64 UNet config, ~296 M parameters) and the
-same seed. Each case is timed ``--reps`` times, with the variants interleaved (A, B, A, B, ...) so that load on a
-shared machine hits all of them alike; the table reports the minimum and the median seconds per call and the
-speed-up of each variant over the baseline (baseline median / variant median; > 1 means faster).
+All variants get the same random weights (the published cd_imagenet64 UNet config, ~296 M parameters) and the
+same seeds. Each case is timed ``--reps`` times with the variants interleaved (A, B, C, A, B, C, ...) so load on
+a shared machine hits all of them alike; the table gives the minimum and median seconds per pipeline call, the
+speed-up over diffusers float32 (its median / the variant's median), the GFLOP/s achieved (network FLOPs per call
+/ median seconds, FLOPs counted by ``torch.utils.flop_counter``) and that rate as a fraction of this machine's
+matrix-product ceiling for the variant's dtype (the best of a few large square matmuls, measured in the same run).
 
-The script is a small table runner: a *variant* is a name plus a function that builds a sampling callable, so
-new variants (bfloat16, torch.compile, ...) are one entry in ``VARIANTS``.
+Variants (all through the ordinary API, no special mode):
 
-    python benchmarks/sampling_speed.py            # steps 1,2 x batch 1,8, 3 repetitions (a few minutes)
-    python benchmarks/sampling_speed.py --quick    # batch 1 only, 2 repetitions
+* ``diffusers-fp32``, ``diffusers-bf16``: diffusers 0.42's pipeline, its UNet cast with ``.to(torch.bfloat16)``;
+* ``cmkit-fp32``, ``cmkit-bf16``: ``ConsistencyModelPipeline(...).to(dtype)``;
+* ``cmkit-bf16-compiled``: the same with ``pipe.unet = torch.compile(pipe.unet)`` (one compile per batch size,
+  done before timing and reported separately).
+
+The training table times one forward + backward (mean-squared loss, no optimizer step) of cmkit's UNet and
+diffusers' UNet2DModel on the same config: float32, bfloat16 autocast, and cmkit with activation checkpointing.
+
+    python benchmarks/sampling_speed.py                # full report (roughly 15-40 min on 2 loaded cores)
+    python benchmarks/sampling_speed.py --quick        # 1 step, batch 1, no compile, small training case
+    python benchmarks/sampling_speed.py --threads 1    # on an oversubscribed machine: see docs/speed.md
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import argparse
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -28,6 +38,7 @@ from cmkit.models.presets import unet_preset_config
 IMAGENET64_UNET: dict[str, Any] = unet_preset_config("imagenet64")
 SCHEDULER = dict(num_train_timesteps=40, sigma_min=0.002, sigma_max=80.0)
 TIMESTEPS = {1: [0], 2: [22, 0]}
+BASELINE = "diffusers-fp32"
 
 #: a sampling callable: (batch_size, num_steps, seed) -> output tensor.
 SampleFn = Callable[[int, int, int], torch.Tensor]
@@ -35,10 +46,11 @@ SampleFn = Callable[[int, int, int], torch.Tensor]
 
 @dataclass(frozen=True)
 class Variant:
-    """One implementation to time: ``build(state_dict)`` returns a sampling callable."""
+    """One implementation to time: ``build(state_dict)`` returns a sampling callable; ``dtype`` picks the ceiling."""
 
     name: str
     build: Callable[[dict[str, torch.Tensor]], SampleFn]
+    dtype: torch.dtype
 
 
 def _runner(pipe: Any) -> SampleFn:
@@ -58,25 +70,39 @@ def _runner(pipe: Any) -> SampleFn:
     return sample
 
 
-def build_diffusers(state: dict[str, torch.Tensor]) -> SampleFn:
-    """diffusers 0.42's pipeline (the baseline)."""
-    from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
+def _diffusers(dtype: torch.dtype) -> Callable[[dict[str, torch.Tensor]], SampleFn]:
+    def build(state: dict[str, torch.Tensor]) -> SampleFn:
+        from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
 
-    unet = UNet2DModel(**IMAGENET64_UNET)
-    unet.load_state_dict(state)
-    return _runner(ConsistencyModelPipeline(unet.eval(), CMStochasticIterativeScheduler(**SCHEDULER)))
+        unet = UNet2DModel(**IMAGENET64_UNET)
+        unet.load_state_dict(state)
+        unet = unet.eval().to(dtype)
+        return _runner(ConsistencyModelPipeline(unet, CMStochasticIterativeScheduler(**SCHEDULER)))
 
-
-def build_cmkit(state: dict[str, torch.Tensor]) -> SampleFn:
-    """cmkit's pipeline, float32."""
-    from cmkit import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
-
-    unet = UNet2DModel(**IMAGENET64_UNET)
-    unet.load_state_dict(state)
-    return _runner(ConsistencyModelPipeline(unet.eval(), CMStochasticIterativeScheduler(**SCHEDULER)))
+    return build
 
 
-VARIANTS: list[Variant] = [Variant("diffusers", build_diffusers), Variant("cmkit", build_cmkit)]
+def _cmkit(dtype: torch.dtype, compiled: bool = False) -> Callable[[dict[str, torch.Tensor]], SampleFn]:
+    def build(state: dict[str, torch.Tensor]) -> SampleFn:
+        from cmkit import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
+
+        unet = UNet2DModel(**IMAGENET64_UNET)
+        unet.load_state_dict(state)
+        pipe = ConsistencyModelPipeline(unet.eval(), CMStochasticIterativeScheduler(**SCHEDULER)).to(dtype)
+        if compiled:
+            pipe.unet = torch.compile(pipe.unet)
+        return _runner(pipe)
+
+    return build
+
+
+VARIANTS: list[Variant] = [
+    Variant("diffusers-fp32", _diffusers(torch.float32), torch.float32),
+    Variant("diffusers-bf16", _diffusers(torch.bfloat16), torch.bfloat16),
+    Variant("cmkit-fp32", _cmkit(torch.float32), torch.float32),
+    Variant("cmkit-bf16", _cmkit(torch.bfloat16), torch.bfloat16),
+    Variant("cmkit-bf16-compiled", _cmkit(torch.bfloat16, compiled=True), torch.bfloat16),
+]
 
 
 def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -87,69 +113,214 @@ def random_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return UNet2DModel(**IMAGENET64_UNET).state_dict()
 
 
+def matmul_ceiling(dtype: torch.dtype, sizes: tuple[int, ...] = (1024, 2048, 4096), reps: int = 5) -> float:
+    """This machine's matrix-product rate in GFLOP/s for ``dtype``: the best size's median of ``reps`` matmuls."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b  # warm-up
+        seconds = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            a @ b
+            seconds.append(time.perf_counter() - t0)
+        best = max(best, 2 * n**3 / statistics.median(seconds) / 1e9)
+    return best
+
+
+def network_gflop(config: dict[str, Any], batch: int = 1) -> float:
+    """GFLOP of one UNet forward on ``batch`` images (convolutions, matmuls, attention; 2 FLOP per multiply-add)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cmkit import UNet2DModel
+
+    with torch.device("meta"):
+        unet = UNet2DModel(**config)
+    size = config["sample_size"]
+    x = torch.zeros(batch, config.get("in_channels", 3), size, size, device="meta")
+    labels = torch.zeros(batch, dtype=torch.long, device="meta") if config.get("num_class_embeds") else None
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        unet(x, torch.zeros(batch, device="meta"), labels)
+    return counter.get_total_flops() / 1e9
+
+
 def time_cases(
-    fns: dict[str, SampleFn], cases: list[tuple[int, int]], reps: int, warmup: bool = True
-) -> dict[tuple[str, int, int], list[float]]:
-    """Seconds per call for every (variant, steps, batch), repetitions interleaved across variants."""
+    fns: dict[str, SampleFn], cases: list[tuple[int, int]], reps: int
+) -> tuple[dict[tuple[str, int, int], list[float]], dict[tuple[str, int], float]]:
+    """Seconds per call for every (variant, steps, batch), interleaved; plus each variant's first-call seconds."""
     times: dict[tuple[str, int, int], list[float]] = {}
+    first: dict[tuple[str, int], float] = {}
     for steps, batch in cases:
-        if warmup:
-            for fn in fns.values():
-                fn(batch, steps, 0)
+        for name, fn in fns.items():  # warm-up (and, for compiled variants, compilation for this shape)
+            t0 = time.perf_counter()
+            fn(batch, steps, 0)
+            first.setdefault((name, batch), time.perf_counter() - t0)
         for rep in range(reps):
             for name, fn in fns.items():
                 t0 = time.perf_counter()
                 fn(batch, steps, rep)
                 times.setdefault((name, steps, batch), []).append(time.perf_counter() - t0)
-    return times
+    return times, first
 
 
-def markdown_table(times: dict[tuple[str, int, int], list[float]], baseline: str) -> str:
-    """One markdown table: variant, steps, batch, min and median seconds, speed-up over ``baseline``."""
+def sampling_table(
+    times: dict[tuple[str, int, int], list[float]],
+    dtypes: dict[str, torch.dtype],
+    gflop_per_image: float,
+    ceilings: dict[torch.dtype, float],
+    errors: dict[str, float],
+) -> str:
+    """Markdown: variant, steps, batch, min/median s, speed-up vs diffusers fp32, GFLOP/s, fraction of ceiling."""
     lines = [
-        f"| variant | steps | batch | min s | median s | speed-up vs {baseline} (median) |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| variant | steps | batch | min s | median s | speed-up vs {BASELINE} | GFLOP/s | of dtype ceiling "
+        f"| max abs diff vs {BASELINE} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (name, steps, batch), ts in times.items():
         med = statistics.median(ts)
-        base = statistics.median(times[(baseline, steps, batch)])
-        lines.append(f"| {name} | {steps} | {batch} | {min(ts):.3f} | {med:.3f} | {base / med:.2f} |")
+        base = times.get((BASELINE, steps, batch))
+        speedup = f"{statistics.median(base) / med:.2f}" if base else "-"
+        rate = gflop_per_image * batch * steps / med
+        frac = rate / ceilings[dtypes[name]]
+        err = errors.get(name)
+        err_text = f"{err:.1e}" if err is not None else "-"
+        lines.append(
+            f"| {name} | {steps} | {batch} | {min(ts):.3f} | {med:.3f} | {speedup} | {rate:.0f} | {frac:.0%} "
+            f"| {err_text} |"
+        )
     return "\n".join(lines)
 
 
-def check_agreement(fns: dict[str, SampleFn]) -> float:
-    """Largest difference between the variants' images for one seed (sanity check that they compute the same)."""
-    outs = [fn(1, 2, 0).float() for fn in fns.values()]
-    return max(float((o - outs[0]).abs().max()) for o in outs)
+def agreement(fns: dict[str, SampleFn]) -> dict[str, float]:
+    """Largest |difference| of each variant's 2-step image (1 image, seed 0) from the baseline's."""
+    outs = {name: fn(1, 2, 0).float() for name, fn in fns.items()}
+    ref = outs.get(BASELINE, next(iter(outs.values())))
+    return {name: float((o - ref).abs().max()) for name, o in outs.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse arguments, run the cases and print the table."""
+# ----- training step ---------------------------------------------------------------------------------------------
+TrainFn = Callable[[], None]
+
+
+def _train_step(unet: torch.nn.Module, batch: int, config: dict[str, Any], autocast: bool) -> TrainFn:
+    size = config["sample_size"]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, config.get("in_channels", 3), size, size, generator=gen)
+    target = torch.randn(x.shape, generator=gen)
+    t = torch.rand(batch, generator=gen) * 500
+    labels = torch.randint(0, 1000, (batch,), generator=gen) if config.get("num_class_embeds") else None
+    unet.train()
+
+    def step() -> None:
+        unet.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = unet(x, t, labels).sample
+        torch.nn.functional.mse_loss(out.float(), target).backward()
+
+    return step
+
+
+def training_fns(config: dict[str, Any], batch: int) -> dict[str, TrainFn]:
+    """Forward+backward callables: diffusers and cmkit in float32 and bf16 autocast, cmkit with checkpointing."""
+    from diffusers import UNet2DModel as DiffusersUNet
+
+    from cmkit import UNet2DModel
+
+    torch.manual_seed(0)
+    theirs = DiffusersUNet(**config)
+    state = theirs.state_dict()
+
+    def ours(checkpointing: bool = False) -> UNet2DModel:
+        model = UNet2DModel(**config)
+        model.load_state_dict(state)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        return model
+
+    return {
+        "diffusers-fp32": _train_step(theirs, batch, config, autocast=False),
+        "cmkit-fp32": _train_step(ours(), batch, config, autocast=False),
+        "diffusers-bf16-autocast": _train_step(theirs, batch, config, autocast=True),
+        "cmkit-bf16-autocast": _train_step(ours(), batch, config, autocast=True),
+        "cmkit-bf16-autocast-checkpointing": _train_step(ours(True), batch, config, autocast=True),
+    }
+
+
+def time_training(fns: dict[str, TrainFn], reps: int) -> dict[str, list[float]]:
+    """Seconds per forward+backward for each callable, after one warm-up, repetitions interleaved."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times.setdefault(name, []).append(time.perf_counter() - t0)
+    return times
+
+
+def training_table(times: dict[str, list[float]], batch: int, preset: str) -> str:
+    """Markdown: variant, min/median s per forward+backward, speed-up vs diffusers of the same precision."""
+    lines = [
+        f"| training step ({preset}, batch {batch}) | min s | median s | speed-up vs diffusers (same precision) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, ts in times.items():
+        ref = "diffusers-fp32" if "fp32" in name else "diffusers-bf16-autocast"
+        speedup = statistics.median(times[ref]) / statistics.median(ts)
+        lines.append(f"| {name} | {min(ts):.3f} | {statistics.median(ts):.3f} | {speedup:.2f} |")
+    return "\n".join(lines)
+
+
+# ----- main ------------------------------------------------------------------------------------------------------
+def main(argv: Optional[list[str]] = None) -> None:
+    """Parse arguments, run the sampling and training cases and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="batch 1 only and 2 repetitions")
+    parser.add_argument("--quick", action="store_true", help="1 step, batch 1, 2 repetitions, no compile")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per case (default 3, quick 2)")
-    parser.add_argument("--steps", type=int, nargs="+", choices=sorted(TIMESTEPS), default=[1, 2])
+    parser.add_argument("--steps", type=int, nargs="+", choices=sorted(TIMESTEPS), default=None)
     parser.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 1 8, quick 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--variants", nargs="+", default=None, help="subset of: " + ", ".join(v.name for v in VARIANTS))
+    parser.add_argument("--train-preset", default=None, help="UNet preset for the training table (default imagenet64)")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--no-train", action="store_true", help="skip the training table")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     reps = args.reps or (2 if args.quick else 3)
     batches = args.batch or ([1] if args.quick else [1, 8])
-    chosen = [v for v in VARIANTS if args.variants is None or v.name in args.variants]
+    steps = args.steps or ([1] if args.quick else [1, 2])
+    default_variants = [v.name for v in VARIANTS if not (args.quick and "compiled" in v.name)]
+    chosen = [v for v in VARIANTS if v.name in (args.variants or default_variants)]
     if not chosen:
         raise SystemExit(f"no variant matches {args.variants}; choose from {[v.name for v in VARIANTS]}")
-    baseline = chosen[0].name
 
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {reps} repetitions, interleaved")
+    ceilings = {dt: matmul_ceiling(dt) for dt in (torch.float32, torch.bfloat16)}
+    gflop = network_gflop(IMAGENET64_UNET)
+    print(
+        f"matmul ceiling: float32 {ceilings[torch.float32]:.0f} GFLOP/s, bfloat16 {ceilings[torch.bfloat16]:.0f} "
+        f"GFLOP/s; ImageNet-64 UNet: {gflop:.1f} GFLOP per image per step\n"
+    )
     state = random_state_dict()
     fns = {v.name: v.build(state) for v in chosen}
     del state
-    print(f"max |difference| between variants (1 image, 2 steps): {check_agreement(fns):.2e}")
-    cases = [(s, b) for s in args.steps for b in batches]
-    times = time_cases(fns, cases, reps, warmup=not args.quick)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {reps} repetitions, interleaved\n")
-    print(markdown_table(times, baseline))
+    errors = agreement(fns)
+    times, first = time_cases(fns, [(s, b) for s in steps for b in batches], reps)
+    print(sampling_table(times, {v.name: v.dtype for v in chosen}, gflop, ceilings, errors))
+    compiled = {k: v for k, v in first.items() if "compiled" in k[0]}
+    for (name, batch), seconds in compiled.items():
+        print(f"\n{name}: first call at batch {batch} (compilation included) took {seconds:.0f} s")
+    del fns
+
+    if not args.no_train:
+        preset = args.train_preset or ("small" if args.quick else "imagenet64")
+        config = unet_preset_config(preset)
+        train_times = time_training(training_fns(config, args.train_batch), reps)
+        print()
+        print(training_table(train_times, args.train_batch, preset))
 
 
 if __name__ == "__main__":

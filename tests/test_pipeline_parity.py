@@ -344,3 +344,54 @@ def test_torch_compile_reduce_overhead_fullgraph(tmp_path):
     c.save_pretrained(tmp_path)  # saves the module inside the compile wrapper
     loaded = ConsistencyModelPipeline.from_pretrained(tmp_path)
     assert loaded.unet.state_dict().keys() == c.unet._orig_mod.state_dict().keys()
+
+
+# ----- half-precision accuracy ---------------------------------------------------------------------------------------
+def _half_errors(steps, seeds=(0, 1, 2)):
+    """Max |bf16 - fp32| image error of cmkit's and diffusers' pipelines, same weights, latents and seeds."""
+    d, c = build_pair(COND, num_train_timesteps=40)
+    kw = dict(class_labels=[5, 145], batch_size=2, num_inference_steps=None, timesteps=[22, 0][-steps:], output_type="pt")
+    ours, theirs = [], []
+    for seed in seeds:
+        latents = torch.randn(2, 3, 8, 8, generator=seeded(100 + seed))
+        full = c(generator=seeded(seed), latents=latents, **kw).images
+        c.to(torch.bfloat16)
+        d.to(torch.bfloat16)
+        ours.append(float((c(generator=seeded(seed), latents=latents, **kw).images.float() - full).abs().max()))
+        theirs.append(float((d(generator=seeded(seed), latents=latents, **kw).images.float() - full).abs().max()))
+        c.to(torch.float32)
+        d.to(torch.float32)
+    return max(ours), max(theirs)
+
+
+def test_bfloat16_one_step_error_no_worse_than_diffusers():
+    ours, theirs = _half_errors(steps=1)
+    assert ours <= 1.25 * theirs and ours <= 2**-5
+
+
+def test_bfloat16_two_steps_error_no_worse_than_diffusers():
+    ours, theirs = _half_errors(steps=2)
+    assert ours <= 1.25 * theirs and ours <= 2**-5
+
+
+def test_bfloat16_pipeline_keeps_float32_noise_and_state():
+    # with F == 0 the consistency function is c_skip(sigma) x: the sampler's state no longer depends on the network,
+    # so a bfloat16 network must leave every intermediate sample equal to float32's, bit for bit
+    _, c = build_pair(COND, num_train_timesteps=40)
+    torch.nn.init.zeros_(c.unet.conv_out.weight)
+    torch.nn.init.zeros_(c.unet.conv_out.bias)
+    kw = dict(class_labels=[5, 7], batch_size=2, num_inference_steps=None, timesteps=[22, 10, 0], output_type="pt")
+
+    def run():
+        states = []
+        images = c(generator=seeded(3), callback=lambda i, t, x: states.append(x.clone()), **kw).images
+        return states, images
+
+    full_states, full = run()
+    c.to(torch.bfloat16)
+    half_states, half = run()
+    assert len(half_states) == 3 and all(x.dtype == torch.float32 for x in half_states)
+    for a, b in zip(half_states, full_states):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert half.dtype == torch.bfloat16
+    assert float((half.float() - full).abs().max()) <= 2**-7  # the image is rounded to bfloat16 once, at the end

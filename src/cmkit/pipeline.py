@@ -10,6 +10,8 @@ Deliberate differences from diffusers 0.42 (see docs/sampling.md):
 
 * missing class labels are drawn from ``generator`` (diffusers uses the global RNG);
 * ``output_type="np"`` works for bfloat16 models (NumPy has no bfloat16; cmkit returns float32);
+* with a float16/bfloat16 network the noise, the scalings and the sample between steps stay float32 (diffusers
+  draws and steps in the half type): one seed gives the float32 image, up to the network's rounding;
 * float16 on a CPU warns and suggests bfloat16 (float16 matrix products are ~1000x slower there);
 * a model may be any network exposing ``sample_shape`` (e.g. an MLP on 2-D points);
 * a ``cmkit_default_timesteps`` entry in ``model_index.json`` supplies tuned timesteps for a step count.
@@ -53,6 +55,11 @@ class ImagePipelineOutput:
     def to_tuple(self) -> tuple:
         """The fields as a tuple, as ``return_dict=False`` gives them."""
         return (self.images,)
+
+
+def sampler_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the sampler's state for a network in ``model_dtype``: float32 for half types, else unchanged."""
+    return torch.float32 if model_dtype in (torch.float16, torch.bfloat16) else model_dtype
 
 
 def unwrap_model(module: Any) -> Any:
@@ -355,18 +362,21 @@ class ConsistencyModelPipeline(EditingMixin):
         )
         self._warn_slow_dtype(dtype, device)
 
-        sample = self.prepare_latents(batch_size, sample_shape, dtype, device, generator, latents)
+        # the sampler's state (noise, scalings, the x of Algorithm 1) stays float32 for a half-precision network:
+        # only the network runs in ``dtype``, and one seed gives the float32 pipeline's image
+        state_dtype = sampler_dtype(dtype)
+        sample = self.prepare_latents(batch_size, sample_shape, state_dtype, device, generator, latents)
         labels = self.prepare_class_labels(batch_size, device, class_labels, generator)
         schedule = self._set_timesteps(num_inference_steps, timesteps, device)
 
         with self.progress_bar(total=len(schedule)) as bar:
             for i, t in enumerate(schedule):
-                model_input = self.scheduler.scale_model_input(sample, t)
-                model_output = call_network(self.unet, model_input, t, labels)
+                model_input = self.scheduler.scale_model_input(sample, t).to(dtype)
+                model_output = call_network(self.unet, model_input, t, labels).to(state_dtype)
                 sample = self.scheduler.step(model_output, t, sample, generator=generator)[0]
                 bar.update()
                 if callback is not None and i % callback_steps == 0:
                     callback(i, t, sample)
 
-        images = postprocess(sample, output_type)
+        images = postprocess(sample.to(dtype), output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
