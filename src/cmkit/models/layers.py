@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .prepack import conv2d
+
 ActivationName = Literal["silu", "swish", "mish", "gelu", "relu"]
 TimeScaleShift = Literal["default", "scale_shift"]
 Resample = Literal["up", "down"]
@@ -124,7 +126,7 @@ class ResnetBlock2D(nn.Module):
         if self.resample is not None:
             x = self._resample(x)
             h = self._resample(h)
-        h = self.conv1(h)
+        h = conv2d(self.conv1, h)
         t = self.time_emb_proj(temb_act)[:, :, None, None]
         if self.time_scale_shift == "scale_shift":
             scale, shift = t.chunk(2, dim=1)
@@ -132,9 +134,9 @@ class ResnetBlock2D(nn.Module):
             h = torch.addcmul(shift, self.norm2(h), 1 + scale)
         else:
             h = self.norm2(h + t)
-        h = self.conv2(self.dropout(_act(self.nonlinearity, h)))
+        h = conv2d(self.conv2, self.dropout(_act(self.nonlinearity, h)))
         if self.conv_shortcut is not None:
-            x = self.conv_shortcut(x)
+            x = conv2d(self.conv_shortcut, x)
         out = h.add_(x) if _may_overwrite(h) else x + h
         if self.output_scale_factor != 1.0:
             out = out / self.output_scale_factor
@@ -219,7 +221,7 @@ class Downsample2D(nn.Module):
         """Halve the spatial size of ``x``."""
         if self.padding == 0:
             x = F.pad(x, (0, 1, 0, 1))
-        return self.conv(x)
+        return conv2d(self.conv, x)
 
 
 class Upsample2D(nn.Module):
@@ -231,4 +233,4 @@ class Upsample2D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Double the spatial size of ``x``."""
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return conv2d(self.conv, F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..config import ConfigMixin, register_to_config
 from .layers import TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
 from .modeling import PretrainedMixin
+from .prepack import conv2d
 from .unet_blocks import DownStage, MidStage, Stage, StageSettings, UpStage
 
 #: down block type -> (has attention, downsampler kind; ``None`` = take ``downsample_type`` from the config)
@@ -329,7 +330,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
 
         # channels-last activations: oneDNN convolutions, GroupNorm and the attention tokens then need no
         # layout copies (measured ~1.4x faster on CPU in float32 and bfloat16; see docs/speed.md)
-        h = self.conv_in(sample.contiguous(memory_format=torch.channels_last))
+        h = conv2d(self.conv_in, sample.contiguous(memory_format=torch.channels_last))
         skips = [h]
         for down in self.down_blocks:
             h, res = down(h, temb_act)
@@ -340,7 +341,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
             k = len(up.resnets)
             h = up(h, skips[-k:], temb_act)
             skips = skips[:-k]
-        h = self.conv_out(self.conv_act(self.conv_norm_out(h))).contiguous()
+        h = conv2d(self.conv_out, self.conv_act(self.conv_norm_out(h))).contiguous()
         if not return_dict:
             return (h,)
         return UNet2DOutput(sample=h)

@@ -1,0 +1,86 @@
+"""Convolutions with kernels kept in oneDNN's own blocked layout for CPU inference.
+
+An eager ``F.conv2d`` on CPU re-lays its kernel out into oneDNN's blocked format (VNNI-packed for bfloat16 AMX)
+on every call. For the small feature maps of a UNet's lower levels that copy costs as much as the arithmetic:
+measured on this project's 2-core AVX-512/AMX machine, a 768->768 3x3 convolution on an 8x8 map takes 3.5 ms
+eagerly and 1.8 ms with a pre-packed kernel (bfloat16; float32 21 -> 10 ms), with bit-identical results. This is
+the weight pre-packing ``torch.compile`` does under ``freezing``, done once per weight version in eager mode.
+
+:func:`conv2d` uses a cached packed kernel when autograd is off, the tensors are float32/bfloat16 on a CPU with
+oneDNN, the input is channels-last and nothing is being traced; otherwise it is ``module(x)``. The cache is keyed
+on the weight's storage, version counter, dtype and the input shape, so optimizer steps, ``.to()`` and
+``load_state_dict`` invalidate it. It holds one packed copy of each kernel (the weights' memory once more).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+_PACKABLE = (torch.float32, torch.bfloat16)
+#: module -> (key, packed kernel); weak, and outside the module so copies, pickles and state dicts never see it.
+_CACHE: "weakref.WeakKeyDictionary[nn.Conv2d, tuple[tuple[Any, ...], Tensor]]" = weakref.WeakKeyDictionary()
+
+
+def _can_pack(module: nn.Conv2d, x: Tensor) -> bool:
+    w = module.weight
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype in _PACKABLE
+        and w.dtype == x.dtype
+        and x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and module.padding_mode == "zeros"
+        and isinstance(module.padding, tuple)
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_scripting()
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+def _packed_weight(module: nn.Conv2d, x: Tensor) -> Tensor:
+    w = module.weight
+    key: tuple[Any, ...] = (w.data_ptr(), w._version, w.dtype, tuple(x.shape))
+    cached = _CACHE.get(module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+        w.detach().to_mkldnn(),
+        list(module.padding),
+        list(module.stride),
+        list(module.dilation),
+        module.groups,
+        list(x.shape),
+    )
+    _CACHE[module] = (key, packed)
+    return packed
+
+
+def conv2d(module: nn.Conv2d, x: Tensor) -> Tensor:
+    """``module(x)``; in CPU inference on channels-last input, with the kernel pre-packed once for oneDNN."""
+    if not _can_pack(module, x):
+        return module(x)
+    bias = module.bias.detach() if module.bias is not None else None
+    return torch.ops.mkldnn._convolution_pointwise(
+        x,
+        _packed_weight(module, x),
+        bias,
+        list(module.padding),
+        list(module.stride),
+        list(module.dilation),
+        module.groups,
+        "none",
+        [],
+        "",
+    )
+
+
+def drop_packed_weights(model: nn.Module) -> None:
+    """Free the packed kernels cached on ``model``'s convolutions (they are rebuilt on the next inference call)."""
+    for module in model.modules():
+        _CACHE.pop(module, None)
