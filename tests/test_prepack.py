@@ -54,6 +54,9 @@ def test_autograd_and_standard_layout_use_the_module():
     out = conv2d(conv, x.contiguous(memory_format=CL))  # grad enabled: the ordinary differentiable path
     out.sum().backward()
     assert conv.weight.grad is not None and conv not in prepack._CACHE
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast chooses the dtype per op
+        assert conv2d(conv, x.contiguous(memory_format=CL)).dtype == torch.bfloat16
+    assert conv not in prepack._CACHE
 
 
 def test_models_with_packed_kernels_deep_copy():

@@ -6,10 +6,11 @@ measured on this project's 2-core AVX-512/AMX machine, a 768->768 3x3 convolutio
 eagerly and 1.8 ms with a pre-packed kernel (bfloat16; float32 21 -> 10 ms), with bit-identical results. This is
 the weight pre-packing ``torch.compile`` does under ``freezing``, done once per weight version in eager mode.
 
-:func:`conv2d` uses a cached packed kernel when autograd is off, the tensors are float32/bfloat16 on a CPU with
-oneDNN, the input is channels-last and nothing is being traced; otherwise it is ``module(x)``. The cache is keyed
-on the weight's storage, version counter, dtype and the input shape, so optimizer steps, ``.to()`` and
-``load_state_dict`` invalidate it. It holds one packed copy of each kernel (the weights' memory once more).
+:func:`conv2d` uses a cached packed kernel when autograd and autocast are off, the tensors are float32 or
+bfloat16 on a CPU with oneDNN, the input is channels-last and nothing is being traced; otherwise it is
+``module(x)``. The cache is keyed on the weight's storage, version counter, dtype and the input shape, so
+optimizer steps, ``.to()`` and ``load_state_dict`` invalidate it. It holds one packed copy of each kernel (the
+weights' memory once more); :func:`drop_packed_weights` frees it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def _can_pack(module: nn.Conv2d, x: Tensor) -> bool:
     return (
         not torch.is_grad_enabled()
         and x.device.type == "cpu"
+        and not torch.is_autocast_enabled("cpu")  # autocast picks the dtype per op: leave it to F.conv2d
         and x.dtype in _PACKABLE
         and w.dtype == x.dtype
         and x.dim() == 4
