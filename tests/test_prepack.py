@@ -45,6 +45,17 @@ def test_cache_follows_weight_updates_and_shapes():
         torch.testing.assert_close(conv2d(conv, wide), conv(wide))
 
 
+def test_dtype_round_trip_repacks():
+    # .to() replaces the parameter's data; a new tensor must never hit the old tensor's cache entry
+    conv = _conv(torch.float32, padding=1)
+    x = torch.randn(1, 8, 8, 8).contiguous(memory_format=CL)
+    with torch.no_grad():
+        conv2d(conv, x)
+        for _ in range(3):
+            conv.to(torch.bfloat16).to(torch.float32)
+            torch.testing.assert_close(conv2d(conv, x), conv(x), rtol=0, atol=0)
+
+
 def test_autograd_and_standard_layout_use_the_module():
     conv = _conv(torch.float32, padding=1)
     x = torch.randn(1, 8, 8, 8)

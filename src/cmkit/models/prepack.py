@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 _PACKABLE = (torch.float32, torch.bfloat16)
-#: module -> (key, packed kernel); weak, and outside the module so copies, pickles and state dicts never see it.
-_CACHE: "weakref.WeakKeyDictionary[nn.Conv2d, tuple[tuple[Any, ...], Tensor]]" = weakref.WeakKeyDictionary()
+#: module -> (key, source weight, packed kernel); weak, and outside the module so copies, pickles and state dicts
+#: never see it.
+_CACHE: "weakref.WeakKeyDictionary[nn.Conv2d, tuple[tuple[Any, ...], Tensor, Tensor]]" = weakref.WeakKeyDictionary()
 
 
 def _can_pack(module: nn.Conv2d, x: Tensor) -> bool:
@@ -46,20 +47,21 @@ def _can_pack(module: nn.Conv2d, x: Tensor) -> bool:
 
 
 def _packed_weight(module: nn.Conv2d, x: Tensor) -> Tensor:
-    w = module.weight
+    w = module.weight.detach()  # shares storage and version counter with the parameter
     key: tuple[Any, ...] = (w.data_ptr(), w._version, w.dtype, tuple(x.shape))
     cached = _CACHE.get(module)
     if cached is not None and cached[0] == key:
-        return cached[1]
+        return cached[2]
     packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-        w.detach().to_mkldnn(),
+        w.to_mkldnn(),
         list(module.padding),
         list(module.stride),
         list(module.dilation),
         module.groups,
         list(x.shape),
     )
-    _CACHE[module] = (key, packed)
+    # keeping the source alive means its address cannot be reused by a new weight tensor while this entry exists
+    _CACHE[module] = (key, w, packed)
     return packed
 
 
