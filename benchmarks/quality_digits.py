@@ -84,7 +84,7 @@ def evaluate_run(method: str, model_dir: Path, seed: int) -> list[dict[str, Any]
         sample_seconds = time.perf_counter() - t0
         result = evaluate_digits(samples, labels, draws=DRAWS)
         rows.append({
-            "data": "digits", "method": method, "nfe": nfe, "tau": tau, "model": str(model_dir),
+            "data": "digits", "method": method, "seed": seed, "nfe": nfe, "tau": tau, "model": str(model_dir),
             "metric": "fd_digits", "value": result.fd_mean, "std": result.fd_std, "floor": result.floor_mean,
             "x_floor": result.ratio, "accuracy": result.accuracy, "sample_seconds": sample_seconds, **info,
         })
@@ -145,7 +145,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
-    """Quality (x floor) against NFE, one line per method, log-scaled NFE axis."""
+    """Quality (x floor) against NFE, one line per method, both axes log-scaled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,6 +157,7 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
         ax.plot([r["nfe"] for r in rows], [r["x_floor"] for r in rows], marker="o", label=method)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="floor")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("network evaluations (NFE)")
     ax.set_ylabel("FD-digits / floor")
     ax.set_title("digits: quality against NFE")
