@@ -1,1 +1,11 @@
 """Schedulers with diffusers-compatible APIs, as thin adapters over cmkit.karras."""
+
+from .cm import CMStochasticIterativeScheduler, CMStochasticIterativeSchedulerOutput
+from .tcd import TCDScheduler, TCDSchedulerOutput
+
+__all__ = [
+    "CMStochasticIterativeScheduler",
+    "CMStochasticIterativeSchedulerOutput",
+    "TCDScheduler",
+    "TCDSchedulerOutput",
+]
