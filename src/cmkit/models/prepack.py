@@ -22,6 +22,12 @@ import torch
 from torch import Tensor, nn
 
 _PACKABLE = (torch.float32, torch.bfloat16)
+#: the two oneDNN entry points inductor uses for the same job; absent from builds without oneDNN
+_AVAILABLE = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+)
 #: module -> (key, source weight, packed kernel); weak, and outside the module so copies, pickles and state dicts
 #: never see it.
 _CACHE: "weakref.WeakKeyDictionary[nn.Conv2d, tuple[tuple[Any, ...], Tensor, Tensor]]" = weakref.WeakKeyDictionary()
@@ -41,7 +47,7 @@ def _can_pack(module: nn.Conv2d, x: Tensor) -> bool:
         and isinstance(module.padding, tuple)
         and not torch.compiler.is_compiling()
         and not torch.jit.is_scripting()
-        and torch.backends.mkldnn.is_available()
+        and _AVAILABLE
         and torch.backends.mkldnn.enabled
     )
 
