@@ -8,7 +8,7 @@ from typing import Any
 
 EXAMPLES = """\
 examples:
-  cmkit edit inpaint --model DIR --image in.png --mask mask.png --steps 20 --out out.png
+  cmkit edit inpaint --model DIR --image in.png --mask mask.png --steps 40 --out out.png
   cmkit edit colorize --model DIR --image gray.png --out color.png
   cmkit edit super-resolve --model DIR --image low.png --factor 4 --out high.png
   cmkit edit denoise --model DIR --image noisy.png --sigma 0.3 --out clean.png

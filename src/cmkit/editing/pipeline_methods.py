@@ -31,9 +31,9 @@ ClassLabels = Union[int, Sequence[int], Tensor, None]
 
 #: default number of steps per task (Karras-spaced from the task's first sigma; see docs/editing.md).
 DEFAULT_STEPS: dict[str, int] = {
-    "inpaint": 20,
-    "colorize": 20,
-    "super_resolve": 20,
+    "inpaint": 40,
+    "colorize": 40,
+    "super_resolve": 40,
     "denoise": 1,
     "interpolate": 1,
     "stroke_edit": 2,
