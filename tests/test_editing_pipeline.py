@@ -118,6 +118,7 @@ def test_bad_inputs_get_clear_errors(gray_pipe, rgb_pipe):
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("edit_cli")
     tiny_pipeline(1).save_pretrained(root / "pipe")
+    tiny_pipeline(3).save_pretrained(root / "rgb")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), mode="L").save(root / "in.png")
     Image.fromarray(rng.integers(0, 256, (4, 4), dtype=np.uint8), mode="L").save(root / "low.png")
@@ -132,6 +133,7 @@ def saved(tmp_path_factory):
     [
         ("inpaint", ["--image", "in.png", "--mask", "mask.png", "--steps", "2"], (8, 8)),
         ("super-resolve", ["--image", "low.png", "--factor", "2", "--steps", "2"], (8, 8)),
+        ("colorize", ["--image", "in.png", "--steps", "2"], (8, 8)),
         ("denoise", ["--image", "in.png", "--sigma", "0.4"], (8, 8)),
         ("stroke-edit", ["--image", "in.png", "--sigma", "1.5", "--sigmas", "1.5,0.5"], (8, 8)),
         ("interpolate", ["--num-images", "3"], (24, 8)),
@@ -140,10 +142,12 @@ def saved(tmp_path_factory):
 )
 def test_cli_each_task(saved, task, extra, size, capsys):
     out = saved / f"{task}.png"
-    args = ["edit", task, "--model", str(saved / "pipe"), "--out", str(out), "--seed", "3"]
+    model = saved / ("rgb" if task == "colorize" else "pipe")
+    args = ["edit", task, "--model", str(model), "--out", str(out), "--seed", "3"]
     args += [str(saved / a) if a.endswith(".png") else a for a in extra]
     assert main(args) == 0
     assert Image.open(out).size == size
+    assert Image.open(out).mode == ("RGB" if task == "colorize" else "L")
     if task == "inpaint":
         kept = np.asarray(Image.open(out))[:, :4]
         assert np.array_equal(kept, np.asarray(Image.open(saved / "in.png"))[:, :4])
@@ -156,6 +160,9 @@ def test_cli_errors_and_help(saved, capsys):
     code = main(["edit", "inpaint", "--model", str(saved / "pipe"), "--image", str(saved / "in.png"),
                  "--mask", str(saved / "low.png"), "--out", str(saved / "x.png")])
     assert code == 1 and "same size" in capsys.readouterr().err
+    code = main(["edit", "colorize", "--model", str(saved / "pipe"), "--image", str(saved / "in.png"),
+                 "--out", str(saved / "x.png")])
+    assert code == 1 and "3-channel RGB" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["edit", "inpaint", "--help"])
     assert "cmkit edit colorize" in capsys.readouterr().out
