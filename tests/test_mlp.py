@@ -81,3 +81,19 @@ def test_bad_config():
         MLPNet(embedding_dim=3)
     with pytest.raises(ValueError, match="dropout"):
         MLPNet(dropout=1.0)
+
+
+def test_runs_in_bfloat16_close_to_float32():
+    import torch
+
+    from cmkit.models.mlp import MLPNet
+
+    torch.manual_seed(0)
+    net = MLPNet(sample_shape=(1, 8, 8), width=32, num_blocks=2, num_class_embeds=10).eval()
+    x = torch.randn(4, 1, 8, 8)
+    t = torch.tensor([-1000.0, 0.0, 500.0, 1000.0])
+    labels = torch.tensor([0, 3, 5, 9])
+    ref = net(x, t, class_labels=labels)[0]
+    out = net.to(torch.bfloat16)(x.bfloat16(), t, class_labels=labels)[0]
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item()

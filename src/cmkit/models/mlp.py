@@ -131,9 +131,10 @@ class MLPNet(nn.Module, ConfigMixin):
         t = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(batch)
-        emb = self.time_mlp(
-            sinusoidal_embedding(t / TIMESTEP_PER_LOG_SIGMA, self.embedding_dim, self.min_frequency, self.max_frequency)
-        )
+        # the sinusoidal features are computed in float32 (the phase of large timesteps needs it), then cast to the
+        # weights' dtype so a bf16 / fp16 network runs end to end in that dtype
+        features = sinusoidal_embedding(t / TIMESTEP_PER_LOG_SIGMA, self.embedding_dim, self.min_frequency, self.max_frequency)
+        emb = self.time_mlp(features.to(self.dtype))
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("this MLPNet is class-conditional (num_class_embeds set): pass class_labels")
