@@ -72,6 +72,16 @@ def test_each_preset_returns_the_pipeline_output_types(gray_pipe, rgb_pipe):
     assert pair.shape == (3, 3, 8, 8)
 
 
+def test_interpolation_uses_one_class_for_the_path(rgb_pipe):
+    seen = []
+    hook = rgb_pipe.unet.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["class_labels"]), with_kwargs=True)
+    try:
+        rgb_pipe.interpolate(num_images=5, num_inference_steps=2, generator=gen(4), output_type="pt")
+    finally:
+        hook.remove()
+    assert len(seen) == 2 and all(len(c) == 5 and len(set(c.tolist())) == 1 for c in seen)
+
+
 def test_explicit_sigmas_and_denoise_start(gray_pipe):
     noisy = torch.randn(1, 1, 8, 8) * 0.3
     one = gray_pipe.denoise_latents(noisy, 0.3, output_type="pt", generator=gen()).images

@@ -279,9 +279,13 @@ class EditingMixin:
 
         With no images, two noises are drawn from ``generator`` and ``sigma`` defaults to ``sigma_max``;
         with two images, ``sigma`` is required (e.g. 1-5: lower keeps the endpoints closer to the images).
+        A class-conditional model uses one class for the whole path (drawn from ``generator`` if not given).
         """
         channels, height, width = self._image_size()
         cfg = self._sigma_config()
+        if class_labels is None and self.num_classes is not None:  # type: ignore[attr-defined]
+            # one class for the whole path, so the images differ only by their latent
+            class_labels = self.prepare_class_labels(1, self.device, None, generator)  # type: ignore[attr-defined]
         if (first is None) != (second is None):
             raise ValueError("pass both images to interpolate between them, or neither to interpolate between noises")
         if sigma is not None:
