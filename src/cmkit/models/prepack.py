@@ -8,7 +8,11 @@ the weight pre-packing ``torch.compile`` does under ``freezing``, done once per 
 
 :func:`conv2d` uses a cached packed kernel when autograd and autocast are off, the tensors are float32 or
 bfloat16 on a CPU with oneDNN, the input is channels-last and nothing is being traced; otherwise it is
-``module(x)``. The cache is keyed on the weight's storage, version counter, dtype and the input shape, so
+``module(x)``. bfloat16 kernels are packed only where oneDNN runs its bf16 kernels on this CPU (AVX-512 BW/VL/DQ or
+AVX-NE-CONVERT, and no ``ONEDNN_MAX_CPU_ISA`` cap below them; see :mod:`cmkit.hardware`): elsewhere, e.g. on
+AVX2-only CPUs, the reorder refuses to run, so bf16 convolutions take the plain op. That is decided once, at
+import. Should a packing call still fail on some CPU, packing for that dtype is switched off for the rest of
+the process and the plain op is used. The cache is keyed on the weight's storage, version counter, dtype and the input shape, so
 optimizer steps, ``.to()`` and ``load_state_dict`` invalidate it. It holds one packed copy of each kernel (the
 weights' memory once more); :func:`drop_packed_weights` frees it.
 """
@@ -21,12 +25,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-_PACKABLE = (torch.float32, torch.bfloat16)
+from ..hardware import cpu_info
+
 #: the two oneDNN entry points inductor uses for the same job; absent from builds without oneDNN
 _AVAILABLE = (
     torch.backends.mkldnn.is_available()
     and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
     and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+)
+#: dtypes whose kernels this CPU can pack, decided once per process (bf16 only where oneDNN's bf16 kernels run)
+_PACKABLE: set[torch.dtype] = (
+    ({torch.float32} | ({torch.bfloat16} if cpu_info().onednn_bf16 else set())) if _AVAILABLE else set()
 )
 #: module -> (key, source weight, packed kernel); weak, and outside the module so copies, pickles and state dicts
 #: never see it.
@@ -47,7 +56,6 @@ def _can_pack(module: nn.Conv2d, x: Tensor) -> bool:
         and isinstance(module.padding, tuple)
         and not torch.compiler.is_compiling()
         and not torch.jit.is_scripting()
-        and _AVAILABLE
         and torch.backends.mkldnn.enabled
     )
 
@@ -71,14 +79,24 @@ def _packed_weight(module: nn.Conv2d, x: Tensor) -> Tensor:
     return packed
 
 
+def packs(dtype: torch.dtype) -> bool:
+    """Whether convolutions of ``dtype`` are pre-packed on this CPU (else they take the plain op)."""
+    return dtype in _PACKABLE
+
+
 def conv2d(module: nn.Conv2d, x: Tensor) -> Tensor:
     """``module(x)``; in CPU inference on channels-last input, with the kernel pre-packed once for oneDNN."""
     if not _can_pack(module, x):
         return module(x)
+    try:
+        weight = _packed_weight(module, x)
+    except RuntimeError:  # a CPU oneDNN refuses for this dtype after all: use the plain op from now on
+        _PACKABLE.discard(x.dtype)
+        return module(x)
     bias = module.bias.detach() if module.bias is not None else None
     return torch.ops.mkldnn._convolution_pointwise(
         x,
-        _packed_weight(module, x),
+        weight,
         bias,
         list(module.padding),
         list(module.stride),

@@ -1,0 +1,152 @@
+"""What this machine computes fast: the CPU's instruction sets as PyTorch will use them, and the dtype to pick.
+
+CPUs differ in what they compute natively, and so do the fast paths that pay off on them:
+
+- **bfloat16** is native on x86 CPUs with AVX-512-BF16 or AMX (oneDNN ISA ``AVX512_CORE_BF16`` and up): there a
+  bf16 matrix product runs at about twice float32's rate. On AVX2-only CPUs (many AMD EPYC/Ryzen, older Intel)
+  bf16 is emulated and about 7x *slower* than float32, and oneDNN's bf16 weight reorder refuses to run at all.
+- **oneDNN's bf16 kernels** (the pre-packed convolutions of :mod:`cmkit.models.prepack`) need AVX-512
+  BW/VL/DQ or AVX-NE-CONVERT; PyTorch reports this as ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``.
+
+Both answers respect the caps a user or a test sets in the environment: oneDNN's ``ONEDNN_MAX_CPU_ISA`` (or its
+older name ``DNNL_MAX_CPU_ISA``) and ATen's ``ATEN_CPU_CAPABILITY``. They are read once per process (oneDNN reads
+its cap once too), so the fast paths cost nothing per call. :func:`fastest_dtype` turns them into the dtype that
+``--dtype auto`` picks: bf16 on CPUs that compute it natively, float32 on the others, fp16 on CUDA and MPS.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+#: oneDNN's CPU ISA levels, lowest first (the names ``ONEDNN_MAX_CPU_ISA`` accepts; aliases share a rank).
+ONEDNN_ISA_ORDER: tuple[tuple[str, ...], ...] = (
+    ("SSE41",),
+    ("AVX",),
+    ("AVX2",),
+    ("AVX2_VNNI",),
+    ("AVX2_VNNI_2",),
+    ("AVX512_CORE",),
+    ("AVX512_CORE_VNNI",),
+    ("AVX512_CORE_BF16",),
+    ("AVX512_CORE_FP16", "AVX10_1_512"),
+    ("AVX512_CORE_AMX", "AVX10_1_512_AMX"),
+    ("AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16"),
+    ("AVX10_2_512",),
+    ("AVX10_2_512_AMX_2",),
+    ("ALL", "DEFAULT"),
+)
+#: the lowest oneDNN ISA whose bfloat16 arithmetic is native (AVX-512-BF16 dot products)
+NATIVE_BF16_ISA = "AVX512_CORE_BF16"
+
+DeviceLike = Union[str, torch.device]
+
+
+def onednn_isa_rank(name: str) -> Optional[int]:
+    """The rank of a oneDNN ISA name in :data:`ONEDNN_ISA_ORDER` (case-insensitive), or None if unknown."""
+    upper = name.strip().upper()
+    for rank, names in enumerate(ONEDNN_ISA_ORDER):
+        if upper in names:
+            return rank
+    return None
+
+
+def _onednn_isa_cap() -> Optional[str]:
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            return value.upper()
+    return None
+
+
+def _cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@dataclass(frozen=True)
+class CPUInfo:
+    """The CPU as PyTorch sees it in this process (caps from the environment included)."""
+
+    model_name: str
+    #: ATen's vectorisation level for elementwise kernels: "AVX512", "AVX2", "DEFAULT", "ZVECTOR", ...
+    aten_capability: str
+    #: ``ONEDNN_MAX_CPU_ISA`` as set in the environment, or None when oneDNN may use everything
+    onednn_isa_cap: Optional[str]
+    #: the CPU has AVX-512-BF16 or AMX and no cap forbids oneDNN to use them
+    native_bf16: bool
+    #: oneDNN's bfloat16 kernels (weight reorders, packed convolutions) run here
+    onednn_bf16: bool
+    #: oneDNN is compiled in and enabled
+    onednn: bool
+    threads: int
+
+    def describe(self) -> str:
+        """One line for benchmark headers and ``cmkit sample`` output."""
+        cap = f", oneDNN capped at {self.onednn_isa_cap}" if self.onednn_isa_cap else ""
+        bf16 = "native" if self.native_bf16 else ("oneDNN, emulated" if self.onednn_bf16 else "emulated")
+        return f"{self.model_name}; ATen {self.aten_capability}{cap}; bf16 {bf16}; {self.threads} threads"
+
+
+@functools.lru_cache(maxsize=1)
+def _static_cpu_info() -> tuple[str, str, Optional[str], bool, bool, bool]:
+    onednn = bool(torch.backends.mkldnn.is_available())
+    cap = _onednn_isa_cap()
+    onednn_bf16 = onednn and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    has_bf16_units = False
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # cpuinfo flags; private, so probed
+        has_bf16_units = any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+    cap_rank = onednn_isa_rank(cap) if cap else None
+    cap_allows = cap is None or (cap_rank is not None and cap_rank >= onednn_isa_rank(NATIVE_BF16_ISA))  # type: ignore[operator]
+    native_bf16 = has_bf16_units and onednn_bf16 and cap_allows
+    return _cpu_model_name(), torch.backends.cpu.get_cpu_capability(), cap, native_bf16, onednn_bf16, onednn
+
+
+def cpu_info() -> CPUInfo:
+    """This process's :class:`CPUInfo` (the ISA facts are computed once; the thread count is read live)."""
+    name, aten, cap, native_bf16, onednn_bf16, onednn = _static_cpu_info()
+    return CPUInfo(name, aten, cap, native_bf16, onednn_bf16, onednn and torch.backends.mkldnn.enabled, torch.get_num_threads())
+
+
+def fastest_dtype(device: DeviceLike = "cpu") -> torch.dtype:
+    """The inference dtype that is fastest on ``device`` without losing the network's range.
+
+    CPU: bfloat16 where the CPU computes it natively (:attr:`CPUInfo.native_bf16`), else float32 (float16 matrix
+    products on CPU are orders of magnitude slower). CUDA: float16 on GPUs with fast fp16 (compute capability
+    7.0 and up), bfloat16 on older ones if supported, else float32. MPS: float16.
+    """
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(dev)
+        if major >= 7:
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if dev.type == "mps":
+        return torch.float16
+    if dev.type == "cpu":
+        return torch.bfloat16 if cpu_info().native_bf16 else torch.float32
+    return torch.float32
+
+
+def resolve_dtype(name: Union[str, torch.dtype], device: DeviceLike = "cpu") -> torch.dtype:
+    """A floating dtype from its name (``"bfloat16"``, ``"float32"``, ...); ``"auto"`` is :func:`fastest_dtype`."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        return fastest_dtype(device)
+    dtype = getattr(torch, str(name), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be 'auto' or a floating torch dtype name such as 'float32' or 'bfloat16', got {name!r}")
+    return dtype
