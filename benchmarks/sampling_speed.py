@@ -20,18 +20,30 @@ diffusers' UNet2DModel on the same config: float32, bfloat16 autocast, and cmkit
     python benchmarks/sampling_speed.py                # full report (roughly 15-40 min on 2 loaded cores)
     python benchmarks/sampling_speed.py --quick        # 1 step, batch 1, no compile, small training case
     python benchmarks/sampling_speed.py --threads 1    # on an oversubscribed machine: see docs/speed.md
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/sampling_speed.py   # as an AVX2-only CPU
+
+The header names the CPU, the instruction sets ATen and oneDNN use (caps from the environment included), whether
+bfloat16 is native, and the thread count. The summary compares cmkit with diffusers at the machine's fastest
+dtype (``cmkit.hardware.fastest_dtype``: bfloat16 where native, else float32) against the 1.2x target. Where
+bfloat16 is emulated, the bf16 variants are left out unless named with ``--variants`` (diffusers bf16 takes
+minutes per image there).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
+from cmkit.hardware import cpu_info, fastest_dtype
 from cmkit.models.presets import unet_preset_config
 
 #: the published cd_imagenet64 UNet config (openai/diffusers-cd_imagenet64_*), from cmkit's presets.
@@ -39,6 +51,8 @@ IMAGENET64_UNET: dict[str, Any] = unet_preset_config("imagenet64")
 SCHEDULER = dict(num_train_timesteps=40, sigma_min=0.002, sigma_max=80.0)
 TIMESTEPS = {1: [0], 2: [22, 0]}
 BASELINE = "diffusers-fp32"
+TARGET_SPEEDUP = 1.2  # cmkit over diffusers, both at the machine's fastest dtype
+DTYPE_TAG = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 #: a sampling callable: (batch_size, num_steps, seed) -> output tensor.
 SampleFn = Callable[[int, int, int], torch.Tensor]
@@ -150,7 +164,7 @@ Ceilings = dict[tuple[torch.dtype, int, int], float]
 
 
 def time_cases(
-    fns: dict[str, SampleFn], cases: list[tuple[int, int]], reps: int
+    fns: dict[str, SampleFn], cases: list[tuple[int, int]], reps: int, dtypes: list[torch.dtype]
 ) -> tuple[Times, dict[tuple[str, int], float], Ceilings]:
     """Seconds per call for every (variant, steps, batch), interleaved; first-call seconds; ceilings per case.
 
@@ -166,7 +180,7 @@ def time_cases(
             fn(batch, steps, 0)
             first.setdefault((name, batch), time.perf_counter() - t0)
         for rep in range(reps):
-            for dtype in (torch.float32, torch.bfloat16):
+            for dtype in dtypes:
                 rate = matmul_ceiling(dtype, sizes=(2048,), reps=3)
                 ceilings[(dtype, steps, batch)] = max(ceilings.get((dtype, steps, batch), 0.0), rate)
             for name, fn in fns.items():
@@ -181,23 +195,54 @@ def sampling_table(
 ) -> str:
     """Markdown: variant, steps, batch, min/median s, speed-up vs diffusers fp32, GFLOP/s, fraction of ceiling."""
     lines = [
-        f"| variant | steps | batch | min s | median s | speed-up vs {BASELINE} | GFLOP/s | of dtype ceiling "
-        f"| max abs diff vs {BASELINE} |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| variant | steps | batch | min s | median s | speed-up vs {BASELINE} | vs diffusers, same dtype | GFLOP/s "
+        f"| of dtype ceiling | max abs diff vs {BASELINE} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (name, steps, batch), ts in times.items():
         med = statistics.median(ts)
         base = times.get((BASELINE, steps, batch))
         speedup = f"{statistics.median(base) / med:.2f}" if base else "-"
+        twin = times.get((f"diffusers-{DTYPE_TAG[dtypes[name]]}", steps, batch))
+        same = f"{statistics.median(twin) / med:.2f}" if twin and name.startswith("cmkit") else "-"
         rate = gflop_per_image * batch * steps / med
         frac = rate / ceilings[(dtypes[name], steps, batch)]
         err = errors.get(name)
         err_text = f"{err:.1e}" if err is not None else "-"
         lines.append(
-            f"| {name} | {steps} | {batch} | {min(ts):.3f} | {med:.3f} | {speedup} | {rate:.0f} | {frac:.0%} "
+            f"| {name} | {steps} | {batch} | {min(ts):.3f} | {med:.3f} | {speedup} | {same} | {rate:.0f} | {frac:.0%} "
             f"| {err_text} |"
         )
     return "\n".join(lines)
+
+
+def target_summary(times: Times, fastest: torch.dtype) -> str:
+    """Lines: cmkit / diffusers at the fastest dtype per (steps, batch), against :data:`TARGET_SPEEDUP`."""
+    tag = DTYPE_TAG[fastest]
+    ours, theirs = f"cmkit-{tag}", f"diffusers-{tag}"
+    lines = [f"target: {ours} >= {TARGET_SPEEDUP}x {theirs} ({tag} is this machine's fastest dtype)"]
+    for (name, steps, batch), ts in times.items():
+        base = times.get((theirs, steps, batch))
+        if name != ours or not base:
+            continue
+        ratio = statistics.median(base) / statistics.median(ts)
+        verdict = "met" if ratio >= TARGET_SPEEDUP else "MISSED"
+        lines.append(f"  steps {steps} batch {batch}: {ratio:.2f}x ({verdict})")
+    if len(lines) == 1:
+        lines.append(f"  not measured: run both {ours} and {theirs}")
+    return "\n".join(lines)
+
+
+def onednn_isa() -> str:
+    """The ISA oneDNN dispatches to in a process with this environment (its verbose start-up line)."""
+    probe = "import torch; a = torch.ones(64, 64); torch.ones(1, 3, 8, 8).to_mkldnn(); a @ a"
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    found = re.search(r"cpu,isa:([^\n]+)", done.stdout + done.stderr)
+    return found.group(1).strip() if found else "unknown (no oneDNN verbose output)"
 
 
 def agreement(fns: dict[str, SampleFn]) -> dict[str, float]:
@@ -300,24 +345,37 @@ def main(argv: Optional[list[str]] = None) -> None:
     reps = args.reps or (2 if args.quick else 3)
     batches = args.batch or ([1] if args.quick else [1, 8])
     steps = args.steps or ([1] if args.quick else [1, 2])
-    default_variants = [v.name for v in VARIANTS if not (args.quick and "compiled" in v.name)]
+    info = cpu_info()
+    default_variants = [
+        v.name for v in VARIANTS
+        if not (args.quick and "compiled" in v.name) and (info.native_bf16 or v.dtype != torch.bfloat16)
+    ]
     chosen = [v for v in VARIANTS if v.name in (args.variants or default_variants)]
     if not chosen:
         raise SystemExit(f"no variant matches {args.variants}; choose from {[v.name for v in VARIANTS]}")
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {reps} repetitions, interleaved")
-    start = {dt: matmul_ceiling(dt) for dt in (torch.float32, torch.bfloat16)}
+    info = cpu_info()  # after set_num_threads
+    print(f"CPU: {info.model_name}")
+    print(f"ISA: ATen {info.aten_capability}; oneDNN {onednn_isa()}"
+          + (f" (capped by ONEDNN_MAX_CPU_ISA={info.onednn_isa_cap})" if info.onednn_isa_cap else ""))
+    print(f"bfloat16: {'native' if info.native_bf16 else 'emulated'}; fastest dtype: {fastest_dtype('cpu')}")
+    print(f"torch {torch.__version__}, {info.threads} threads, {reps} repetitions, interleaved")
+    if not info.native_bf16 and not args.variants:
+        print("bf16 variants left out (bfloat16 is emulated here); name them with --variants to time them anyway")
+    dtypes = sorted({v.dtype for v in chosen}, key=str)
+    start = {dt: matmul_ceiling(dt) for dt in dtypes}
     gflop = network_gflop(IMAGENET64_UNET)
-    print(
-        f"matmul ceiling at the start (best of 1024/2048/4096): float32 {start[torch.float32]:.0f} GFLOP/s, "
-        f"bfloat16 {start[torch.bfloat16]:.0f} GFLOP/s; ImageNet-64 UNet: {gflop:.1f} GFLOP per image per step\n"
-    )
+    rates = ", ".join(f"{str(dt).removeprefix('torch.')} {rate:.0f} GFLOP/s" for dt, rate in start.items())
+    print(f"matmul ceiling at the start (best of 1024/2048/4096): {rates}; "
+          f"ImageNet-64 UNet: {gflop:.1f} GFLOP per image per step\n")
     state = random_state_dict()
     fns = {v.name: v.build(state) for v in chosen}
     del state
     errors = agreement(fns)
-    times, first, ceilings = time_cases(fns, [(s, b) for s in steps for b in batches], reps)
+    times, first, ceilings = time_cases(fns, [(s, b) for s in steps for b in batches], reps, dtypes)
     print(sampling_table(times, {v.name: v.dtype for v in chosen}, gflop, ceilings, errors))
+    print()
+    print(target_summary(times, fastest_dtype("cpu")))
     print("\nmatmul ceiling per case (2048x2048, best during the case), GFLOP/s:")
     for (dtype, s, b), rate in ceilings.items():
         print(f"  {str(dtype).removeprefix('torch.')} steps {s} batch {b}: {rate:.0f}")

@@ -11,6 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
+from .options import add_dtype_argument, dtype_label
+
 EPILOG = """examples:
   cmkit demo                                  # -> demo.png: 10 rows (digits 0-9) x (8 one-step | 8 two-step)
   cmkit demo --out out/demo.png --per-class 4 --seed 1
@@ -40,6 +42,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--scale", type=int, default=4, help="integer pixel upscaling of each sample (default 4)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_dtype_argument(p)
     p.set_defaults(func=run)
 
 
@@ -87,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..hardware import resolve_dtype
     from ..metrics.generate import parameterization_of
     from ..pipeline import ConsistencyModelPipeline
     from ..postprocess import is_image_shape
@@ -104,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     if parameterization_of(model_dir) == "edm":
         raise ValueError(f"{model_dir} is an EDM diffusion teacher, not a consistency model; pass a consistency pipeline")
     t0 = time.perf_counter()
-    pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=args.device)
+    dtype = resolve_dtype(args.dtype, args.device)
+    pipe = ConsistencyModelPipeline.from_pretrained(model_dir, dtype=dtype, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - t0
     if not is_image_shape(pipe.sample_shape):
@@ -130,5 +135,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out.resolve()} ({grid.width}x{grid.height}: {num_classes} classes x {args.per_class} one-step | "
           f"{args.per_class} two-step samples, {schedule})")
     print(f"generation: {len(labels)} one-step + {len(labels)} two-step samples in {generate_s:.2f} s "
-          f"(model load {load_s:.2f} s)")
+          f"in {dtype_label(args.dtype, dtype)} (model load {load_s:.2f} s)")
     return 0

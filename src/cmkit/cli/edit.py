@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .options import add_dtype_argument
+
 EXAMPLES = """\
 examples:
   cmkit edit inpaint --model DIR --image in.png --mask mask.png --steps 40 --out out.png
@@ -40,6 +42,7 @@ def _common(p: argparse.ArgumentParser, needs_image: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--class-label", type=int, default=None, help="class of a class-conditional model")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    add_dtype_argument(p)
 
 
 def register(subparsers: Any) -> None:
@@ -97,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
     """Load the pipeline, run the chosen task and save the result."""
     import torch
 
+    from ..hardware import resolve_dtype
     from ..pipeline import ConsistencyModelPipeline
 
-    pipe = ConsistencyModelPipeline.from_pretrained(args.model, device=args.device)
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, dtype=resolve_dtype(args.dtype, args.device), device=args.device)
     generator = torch.Generator().manual_seed(args.seed)
     common = dict(
         num_inference_steps=args.steps,

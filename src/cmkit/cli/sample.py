@@ -9,12 +9,12 @@ from typing import Any
 EPILOG = """examples:
   cmkit sample                                   # 1-step samples from the bundled digits model -> samples.png
   cmkit sample --steps 2 --batch-size 64 --out grid.png
-  cmkit sample --model ./cd_imagenet64_l2 --timesteps 22 0 --class-labels 145 --dtype bfloat16
+  cmkit sample --model ./cd_imagenet64_l2 --timesteps 22 0 --class-labels 145 --dtype float32
   cmkit sample --model ./my_pipeline --out-dir samples/ --seed 3
   cmkit sample --model ./toy_2d --batch-size 1000 --out points.npy   # non-image models: save a .npy array
 """
 
-DTYPES = ("float32", "bfloat16", "float16")
+from .options import add_dtype_argument, dtype_label
 
 
 def default_model_dir() -> Path:
@@ -40,8 +40,7 @@ def register(subparsers: Any) -> None:
                    help="one class for all samples, or one per sample (default: random, from --seed)")
     p.add_argument("--batch-size", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="compute dtype; on CPU prefer bfloat16 over float16 (default float32)")
+    add_dtype_argument(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     p.add_argument("--out", default=None, help="grid image path (.png), or .npy for raw samples (default samples.png)")
     p.add_argument("--out-dir", default=None, help="also write one PNG per sample into this directory")
@@ -79,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from ..hardware import resolve_dtype
     from ..pipeline import ConsistencyModelPipeline
     from ..postprocess import image_grid, is_image_shape
 
@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     labels = _class_labels(args.class_labels, args.batch_size)
 
     t0 = time.perf_counter()
-    pipe = ConsistencyModelPipeline.from_pretrained(_resolve_model(args.model), dtype=args.dtype, device=args.device)
+    dtype = resolve_dtype(args.dtype, args.device)
+    pipe = ConsistencyModelPipeline.from_pretrained(_resolve_model(args.model), dtype=dtype, device=args.device)
     load_s = time.perf_counter() - t0
     image_like = is_image_shape(pipe.sample_shape)
     wants_images = args.out_dir is not None or (out is not None and out.suffix.lower() != ".npy")
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {out} {array.shape}")
     n_steps = len(args.timesteps) if args.timesteps else args.steps
     print(
-        f"load {load_s:.2f} s; sampling {args.batch_size} x {n_steps} step(s) in {args.dtype} on {args.device}: "
+        f"load {load_s:.2f} s; sampling {args.batch_size} x {n_steps} step(s) in {dtype_label(args.dtype, dtype)} on {args.device}: "
         f"{sample_s:.3f} s ({sample_s / args.batch_size * 1000:.1f} ms per sample)"
     )
     return 0
