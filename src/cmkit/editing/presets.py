@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..karras import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
+from ..limits import MAX_GRID_POINTS, require_int
 from ..rng import GeneratorArg, randn
 from .algorithm import ConsistencyFn, check_mask, check_sigmas, edit
 from .transforms import LUMA_WEIGHTS, ColorTransform, IdentityTransform, OrthogonalTransform, PatchTransform
@@ -73,6 +74,7 @@ def editing_sigmas(
     """``num_steps`` descending Karras sigmas from ``sigma_start`` towards ``sigma_min`` (which is left out)."""
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"the number of steps must be a positive integer, got {num_steps!r}")
+    require_int("the number of steps", num_steps, 1, maximum=MAX_GRID_POINTS)
     check_sigmas(torch.tensor([sigma_start]), sigma_min, sigma_max)
     if num_steps > 1 and sigma_start <= sigma_min:
         raise ValueError(f"cannot take {num_steps} steps down from sigma = {sigma_start:g} = sigma_min; use one step")

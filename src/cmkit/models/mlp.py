@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..config import ConfigMixin, register_to_config
 from ..io.hub import resolve_pretrained
 from ..io.weights import WEIGHTS_NAMES, find_weights_file, load_state_dict, save_state_dict
+from ..limits import MAX_REPEATS, require_int, require_parameters_fit
 
 #: divides the network's timestep input (``250 ln sigma``) back to ``ln sigma``.
 TIMESTEP_PER_LOG_SIGMA = 250.0
@@ -39,6 +40,18 @@ def sinusoidal_embedding(log_sigma: Tensor, dim: int, min_freq: float, max_freq:
     )
     args = log_sigma.float()[:, None] * freqs[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+def mlp_parameter_count(features: int, width: int, num_blocks: int, embedding_dim: int, num_classes: int = 0) -> int:
+    """The exact parameter count of :class:`MLPNet` (``features`` = the product of ``sample_shape``), from its sizes.
+
+    Time MLP ``E W + W + W^2 + W``; class table ``n W``; input and output layers ``F W + W`` and ``W F + F``;
+    the final LayerNorm ``2 W``; each residual block ``3 (W^2 + W) + 2 W`` (LayerNorm, fc1, emb, fc2).
+    """
+    w = width
+    time_mlp = embedding_dim * w + w + w * w + w
+    block = 3 * (w * w + w) + 2 * w
+    return time_mlp + num_classes * w + (features * w + w) + num_blocks * block + 2 * w + (w * features + features)
 
 
 class _ResidualBlock(nn.Module):
@@ -74,21 +87,29 @@ class MLPNet(nn.Module, ConfigMixin):
         max_frequency: float = 30.0,
     ) -> None:
         super().__init__()
-        shape = tuple(int(s) for s in sample_shape)
-        if not shape or any(s < 1 for s in shape):
+        if isinstance(sample_shape, (str, bytes)) or not hasattr(sample_shape, "__len__") or not len(sample_shape):
             raise ValueError(f"sample_shape must be a non-empty tuple of positive sizes, got {sample_shape!r}")
-        if width < 1 or num_blocks < 0:
-            raise ValueError(f"need width >= 1 and num_blocks >= 0, got width={width}, num_blocks={num_blocks}")
-        if embedding_dim < 2 or embedding_dim % 2:
+        shape = tuple(require_int("each sample_shape entry", s, 1) for s in sample_shape)
+        width = require_int("width", width, 1)
+        num_blocks = require_int("num_blocks", num_blocks, 0, " (residual blocks)", maximum=MAX_REPEATS)
+        embedding_dim = require_int("embedding_dim", embedding_dim, 2)
+        if embedding_dim % 2:
             raise ValueError(f"embedding_dim must be an even number >= 2, got {embedding_dim}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         if not 0.0 < min_frequency <= max_frequency:
             raise ValueError(f"need 0 < min_frequency <= max_frequency, got {min_frequency}, {max_frequency}")
-        if num_class_embeds is not None and num_class_embeds < 1:
-            raise ValueError(f"num_class_embeds must be None or >= 1, got {num_class_embeds}")
+        if num_class_embeds is not None:
+            num_class_embeds = require_int("num_class_embeds", num_class_embeds, 1, " (or None)")
         self._sample_shape = shape
         features = math.prod(shape)
+        count = mlp_parameter_count(features, width, num_blocks, embedding_dim, num_class_embeds or 0)
+        require_parameters_fit(
+            count,
+            f"an MLPNet with sample_shape={shape}, width={width}, num_blocks={num_blocks}, "
+            f"embedding_dim={embedding_dim}, num_class_embeds={num_class_embeds}",
+            "lower width or num_blocks (config.json, or --model-option when training)",
+        )
         self.embedding_dim = embedding_dim
         self.min_frequency = float(min_frequency)
         self.max_frequency = float(max_frequency)
@@ -168,6 +189,10 @@ class MLPNet(nn.Module, ConfigMixin):
         state = load_state_dict(find_weights_file(directory))
         net.load_state_dict(state, strict=True)
         return net
+
+    def activation_floats(self, sample_shape: Sequence[int]) -> int:
+        """Floats one sample's forward pass holds at least (input, output, hidden state, embedding, block temporaries)."""
+        return 2 * math.prod(sample_shape) + 4 * self.input.out_features
 
     def num_parameters(self) -> int:
         """The number of parameters."""

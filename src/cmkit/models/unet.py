@@ -23,10 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigMixin, register_to_config
+from ..limits import MAX_REPEATS, require_int, require_parameters_fit
 from .layers import TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
 from .modeling import PretrainedMixin
 from .prepack import conv2d
 from .unet_blocks import DownStage, MidStage, Stage, StageSettings, UpStage
+from .unet_size import unet_size
 
 #: down block type -> (has attention, downsampler kind; ``None`` = take ``downsample_type`` from the config)
 DOWN_BLOCKS: dict[str, tuple[bool, Optional[str]]] = {
@@ -127,6 +129,35 @@ def _validate_config(cfg: Mapping[str, Any]) -> None:
     activation(cfg["act_fn"])  # raises for an unknown activation name
 
 
+def _check_size(cfg: Mapping[str, Any]) -> None:
+    """Refuse configs whose network cannot fit in memory or would take too long to build (cmkit.limits)."""
+    for key in ("in_channels", "out_channels"):
+        require_int(key, cfg[key], 1)
+    for c in cfg["block_out_channels"]:
+        require_int("each block_out_channels entry", c, 1)
+    for key in ("time_embedding_dim", "num_class_embeds"):
+        if cfg[key] is not None:
+            require_int(key, cfg[key], 1, " (or None)")
+    if cfg["time_embedding_type"] == "learned":
+        require_int("num_train_timesteps", cfg["num_train_timesteps"], 1, " (the learned time table)")
+    require_int("layers_per_block", cfg["layers_per_block"], 1, maximum=MAX_REPEATS)
+    down = [_block_kind(t, DOWN_BLOCKS, "down_block_types") for t in cfg["down_block_types"]]
+    up = [_block_kind(t, UP_BLOCKS, "up_block_types") for t in cfg["up_block_types"]]
+    count, blocks = unet_size(cfg, down, up)
+    if blocks > MAX_REPEATS:
+        raise ValueError(
+            f"this UNet2DModel config asks for {blocks:,} residual blocks ({len(cfg['block_out_channels'])} levels, "
+            f"layers_per_block={cfg['layers_per_block']}), more than cmkit builds ({MAX_REPEATS:,}); use fewer levels "
+            "or a smaller layers_per_block"
+        )
+    require_parameters_fit(
+        count,
+        f"a UNet2DModel with block_out_channels={list(cfg['block_out_channels'])}, "
+        f"layers_per_block={cfg['layers_per_block']}",
+        "lower block_out_channels or layers_per_block (config.json, or --model-option when training)",
+    )
+
+
 class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
     """The diffusers-compatible UNet: ``forward(sample, timestep, class_labels=None, return_dict=True)``."""
 
@@ -169,6 +200,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         down_block_types, up_block_types = tuple(down_block_types), tuple(up_block_types)
         block_out_channels = tuple(int(c) for c in block_out_channels)
         _validate_config(self.config)
+        _check_size(self.config)
         self._center_input_sample = bool(center_input_sample)
         self._class_embed_type = class_embed_type
         self._flip_sin_to_cos = bool(flip_sin_to_cos)
@@ -256,6 +288,22 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
             for module in self.modules():
                 if isinstance(module, nn.Conv2d) and not module.weight.is_meta:
                     module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+
+    def activation_floats(self, sample_shape: tuple[int, ...]) -> int:
+        """Floats one ``(C, H, W)`` sample's forward pass holds at least: the encoder's skip activations.
+
+        They all stay alive until the decoder consumes them: ``conv_in``'s output, every residual block's output
+        at each level's resolution ``H / 2^i``, and each downsampler's output.
+        """
+        _, height, width = (int(s) for s in sample_shape)
+        channels = [int(c) for c in self.config.block_out_channels]
+        floats = channels[0] * height * width
+        for i, c in enumerate(channels):
+            h, w = height >> i, width >> i
+            floats += int(self.config.layers_per_block) * c * h * w
+            if i < len(channels) - 1:
+                floats += c * (h >> 1) * (w >> 1)
+        return floats
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute each residual block and attention layer in the backward pass instead of storing activations."""

@@ -11,7 +11,6 @@ The behaviour follows diffusers' scheduler protocol so a cmkit scheduler drops i
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, TypeVar
@@ -21,15 +20,11 @@ from torch import Tensor
 
 from ..config import ConfigMixin
 from ..io.hub import resolve_pretrained
+from ..limits import require_int
+
+__all__ = ["SchedulerMixin", "SchedulerOutput", "require_int"]
 
 S = TypeVar("S", bound="SchedulerMixin")
-
-
-def require_int(name: str, value: Any, minimum: int, hint: str = "") -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
-    return int(value)
 
 
 @dataclasses.dataclass

@@ -22,7 +22,8 @@ from torch import Tensor
 from .. import karras
 from ..config import register_to_config
 from ..rng import GeneratorArg, randn
-from .base import SchedulerMixin, SchedulerOutput, require_int
+from ..limits import MAX_GRID_POINTS, require_int
+from .base import SchedulerMixin, SchedulerOutput
 
 
 @dataclasses.dataclass
@@ -60,7 +61,7 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         rho: float = karras.RHO,
         clip_denoised: bool = True,
     ) -> None:
-        require_int("num_train_timesteps", num_train_timesteps, 2, " (the Karras grid size N)")
+        require_int("num_train_timesteps", num_train_timesteps, 2, " (the Karras grid size N)", MAX_GRID_POINTS)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
         if sigma_data <= 0 or rho <= 0:

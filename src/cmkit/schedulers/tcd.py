@@ -27,7 +27,8 @@ from torch import Tensor
 from ..config import register_to_config
 from ..karras import append_dims
 from ..rng import GeneratorArg, randn
-from .base import SchedulerMixin, SchedulerOutput, require_int
+from ..limits import MAX_GRID_POINTS, require_int
+from .base import SchedulerMixin, SchedulerOutput
 from .betas import BetaSchedule, alphas_cumprod, make_betas, rescale_zero_terminal_snr
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
@@ -87,8 +88,8 @@ class TCDScheduler(SchedulerMixin):
         timestep_scaling: float = 10.0,
         rescale_betas_zero_snr: bool = False,
     ) -> None:
-        require_int("num_train_timesteps", num_train_timesteps, 1)
-        require_int("original_inference_steps", original_inference_steps, 1)
+        require_int("num_train_timesteps", num_train_timesteps, 1, maximum=MAX_GRID_POINTS)
+        require_int("original_inference_steps", original_inference_steps, 1, maximum=MAX_GRID_POINTS)
         _check_choice("beta_schedule", beta_schedule, BetaSchedule)
         _check_choice("prediction_type", prediction_type, PredictionType)
         _check_choice("timestep_spacing", timestep_spacing, TimestepSpacing)
