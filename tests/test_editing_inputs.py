@@ -1,5 +1,7 @@
 """Editing inputs: PIL images, numpy arrays, tensors and files become [-1, 1] tensors; masks become 0/1."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -36,7 +38,7 @@ def test_channel_conversions():
     assert luma.shape == (1, 1, 4, 4) and luma[0, 0, 0, 0].item() == pytest.approx(0.2989 * 2 - 1, abs=1e-5)
     with pytest.raises(ValueError, match="RGBA"):
         load_image(np.zeros((4, 4, 4), dtype=np.uint8), channels=3)
-    assert load_image(Image.new("RGBA", (4, 4)), channels=3).shape == (1, 3, 4, 4)  # PIL alpha is dropped
+    assert load_image(Image.new("RGBA", (4, 4)), channels=3).shape == (1, 3, 4, 4)  # PIL alpha is composited
 
 
 def test_bad_values_and_sizes():
@@ -61,3 +63,22 @@ def test_masks_threshold_and_size():
     assert load_mask(torch.tensor([[0.49, 0.5]]), size=(1, 2)).tolist() == [[[[0.0, 1.0]]]]
     with pytest.raises(ValueError, match="image is 8x8; they must be the same size"):
         load_mask(np.zeros((4, 4), dtype=np.uint8), size=(8, 8))
+
+
+@pytest.mark.parametrize(
+    "pixels, match",
+    [
+        (np.zeros((4, 4), dtype=np.uint8), "selects no pixel to regenerate.*white .* marks the region to regenerate"),
+        (np.full((4, 4), 127, dtype=np.uint8), "selects no pixel to regenerate"),  # all mid-grey, below 0.5
+        (np.full((4, 4), 255, dtype=np.uint8), "selects every pixel.*black marks the pixels to keep"),
+    ],
+)
+def test_masks_that_select_nothing_or_everything_warn(pixels, match):
+    with pytest.warns(UserWarning, match=match):
+        load_mask(Image.fromarray(pixels, mode="L"), size=(4, 4))
+    batch = np.stack([pixels, np.eye(4, dtype=np.uint8) * 255])[..., None]  # [B, H, W, 1]: names which mask warns
+    with pytest.warns(UserWarning, match="mask 1 of 2 selects"):
+        load_mask(batch, size=(4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_mask(np.eye(4, dtype=np.uint8) * 255, size=(4, 4))  # a mask that selects some pixels is quiet

@@ -3,7 +3,9 @@
 Layout: either images directly in ``root`` (unconditional), or one sub-folder per class
 (``root/<class name>/**/<image>``); class ids are the sorted sub-folder names, 0, 1, 2, ...
 Files whose extension is not an image extension are ignored; image files that cannot be decoded are
-skipped and counted in one warning, so a bad file never stops a run midway.
+skipped and counted in one warning, so a bad file never stops a run midway. Pixels are decoded by
+:func:`cmkit.io.images.pil_to_unit` (16-bit images scaled by 65535, transparency composited over black; one
+warning counts the images where such a choice was made) and stored as 8-bit.
 """
 
 from __future__ import annotations
@@ -92,11 +94,16 @@ def scan_image_folder(root: str | os.PathLike, class_labels: Optional[bool] = No
 
 
 def _decode(path: Path, channels: Channels):
+    """The image at ``path`` as an 8-bit PIL image with ``channels`` channels, and the decoder's notes."""
     from PIL import Image, ImageOps
 
+    from ..io.images import pil_to_unit, unit_to_uint8
+
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        return img.convert("RGB" if channels == 3 else "L")
+        decoded = pil_to_unit(ImageOps.exif_transpose(img))
+    pixels = unit_to_uint8(decoded.pixels)
+    image = Image.fromarray(pixels[..., 0], mode="L") if decoded.channels == 1 else Image.fromarray(pixels, mode="RGB")
+    return image.convert("RGB" if channels == 3 else "L"), decoded.notes
 
 
 def _resize(img, resolution: int, resize: ResizeMode):
@@ -134,15 +141,23 @@ def load_image_folder(
     if resolution is not None and resolution < 1:
         raise ValueError(f"resolution must be a positive number of pixels, got {resolution}")
     files, labels, class_names = scan_image_folder(root, class_labels)
+    if resolution is not None:
+        from ..limits import require_memory
+
+        require_memory(len(files) * channels * resolution**2, f"{len(files):,} images at resolution {resolution}",
+                       "use a smaller resolution, or fewer images")
     arrays: list[np.ndarray] = []
     kept_labels: list[int] = []
     skipped: list[tuple[str, str]] = []
+    noted: dict[str, list[str]] = {}  # decoder note -> the files it applies to
     for i, path in enumerate(files):
         try:
-            img = _decode(path, channels)
+            img, notes = _decode(path, channels)
         except Exception as err:  # noqa: BLE001 - any decoding failure means "unreadable", never a crash
             skipped.append((str(path), f"{type(err).__name__}: {err}"))
             continue
+        for note in notes:
+            noted.setdefault(note, []).append(str(path))
         if resize != "none":
             img = _resize(img, int(resolution), resize)
         arr = np.asarray(img, dtype=np.uint8)
@@ -156,6 +171,8 @@ def load_image_folder(
             f"(first: {first_path}: {first_reason})",
             stacklevel=2,
         )
+    for note, paths in noted.items():
+        warnings.warn(f"{len(paths)} image(s) in {root} (first: {paths[0]}): each {note}", stacklevel=2)
     if not arrays:
         raise ValueError(f"none of the {len(files)} image files in {root} could be read ({skipped[0][1]})")
     sizes = sorted({a.shape[1:] for a in arrays})
