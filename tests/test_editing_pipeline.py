@@ -124,6 +124,19 @@ def test_bad_inputs_get_clear_errors(gray_pipe, rgb_pipe):
         gray_pipe.interpolate(img)
 
 
+def test_non_finite_inputs_and_seed_generators_are_errors(gray_pipe):
+    noisy = torch.zeros(1, 1, 8, 8)
+    noisy[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="noisy contains NaN or infinite values"):
+        gray_pipe.denoise_latents(noisy, 0.5)
+    with pytest.raises(ValueError, match="image contains NaN"):
+        gray_pipe.inpaint(torch.full((1, 1, 8, 8), float("inf")), torch.eye(8))
+    with pytest.raises(TypeError, match=r"torch.Generator\(\).manual_seed\(42\)"):
+        gray_pipe.inpaint(torch.rand(1, 1, 8, 8), torch.eye(8), generator=42)
+    with pytest.raises(TypeError, match="manual_seed"):
+        gray_pipe.interpolate(generator=42)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     root = tmp_path_factory.mktemp("edit_cli")

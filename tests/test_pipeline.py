@@ -96,6 +96,49 @@ def test_mlp_user_latents_checked_against_sample_shape():
     assert torch.equal(a, b)
 
 
+def test_non_finite_latents_are_an_error_not_a_nan_image():
+    pipe = make_mlp_pipe((1, 2, 2))
+    for bad in (float("nan"), float("inf")):
+        latents = torch.zeros(2, 1, 2, 2)
+        latents[1, 0, 1, 1] = bad
+        with pytest.raises(ValueError, match="latents contain NaN or infinite values"):
+            pipe(batch_size=2, latents=latents, output_type="np")
+    with pytest.raises(ValueError, match="must be floating point"):
+        pipe(batch_size=2, latents=torch.zeros(2, 1, 2, 2, dtype=torch.long), output_type="np")
+
+
+def test_numpy_latents_are_converted_and_other_types_are_type_errors():
+    pipe = make_mlp_pipe((2,))
+    lat = randn((3, 2), gen(1))
+    a = pipe(batch_size=3, latents=lat, generator=gen(2), num_inference_steps=2, output_type="pt").images
+    b = pipe(batch_size=3, latents=lat.numpy(), generator=gen(2), num_inference_steps=2, output_type="pt").images
+    assert torch.equal(a, b)
+    with pytest.raises(TypeError, match=r"latents must be a torch.Tensor \(or a NumPy array\) of shape \(3, 2\)"):
+        pipe(batch_size=3, latents=lat.tolist(), output_type="np")
+
+
+@pytest.mark.parametrize("generator", [42, "42", [gen(0), 7]])
+def test_a_seed_as_generator_is_a_type_error_naming_the_fix(generator):
+    pipe = make_mlp_pipe((2,))
+    with pytest.raises(TypeError, match=r"pass generator=torch.Generator\(\).manual_seed\("):
+        pipe(batch_size=2, generator=generator, output_type="np")
+    with pytest.raises(TypeError, match="manual_seed"):
+        randn((2, 2), generator)
+    with pytest.raises(TypeError, match="manual_seed"):
+        randint(3, 2, generator)
+
+
+def test_a_batch_that_cannot_fit_memory_is_refused_before_drawing(monkeypatch):
+    import cmkit.limits
+
+    pipe = make_mlp_pipe((1, 8, 8))
+    monkeypatch.setattr(cmkit.limits, "available_memory", lambda device=None: 1 << 20)  # 1 MiB
+    with pytest.raises(ValueError, match=r"a batch of 100,000 samples of shape \(1, 8, 8\) would take at least "
+                                         r".* MiB.*only 1.0 MiB.*lower the batch size"):
+        pipe(batch_size=100_000, output_type="np")
+    assert pipe(batch_size=4, generator=gen(), output_type="np").images.shape == (4, 8, 8, 1)
+
+
 def test_mlp_pipeline_matches_manual_algorithm_1():
     """The loop is Algorithm 1: x = sigma_max z; f via scheduler; re-noise with the step's draw."""
     pipe = make_mlp_pipe((2,))

@@ -14,7 +14,10 @@ Deliberate differences from diffusers 0.42 (see docs/sampling.md):
   draws and steps in the half type): one seed gives the float32 image, up to the network's rounding;
 * float16 on a CPU warns and suggests bfloat16 (float16 matrix products are ~1000x slower there);
 * a model may be any network exposing ``sample_shape`` (e.g. an MLP on 2-D points);
-* a ``cmkit_default_timesteps`` entry in ``model_index.json`` supplies tuned timesteps for a step count.
+* a ``cmkit_default_timesteps`` entry in ``model_index.json`` supplies tuned timesteps for a step count;
+* ``latents`` may be a NumPy array (converted with ``torch.from_numpy``); non-finite latents, a generator that is
+  not a ``torch.Generator`` (e.g. a seed: pass ``torch.Generator().manual_seed(seed)``) and a batch whose samples
+  cannot fit the device's memory (:mod:`cmkit.limits`) raise before anything is drawn.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .devices import parse_device
 from .karras import Parameterization
+from .limits import format_bytes, require_memory
 from .models.denoiser import call_network
 from .editing.pipeline_methods import EditingMixin
 from .models.modeling import parse_dtype, resolve_dtype_args
 from .pipeline_io import load_components, parse_default_timesteps, save_components
 from .postprocess import OutputType, check_output_type, postprocess
-from .rng import GeneratorArg, randint, randn
+from .rng import GeneratorArg, check_generator, randint, randn
 
 ClassLabels = Union[int, Sequence[int], Tensor, None]
 StepCallback = Callable[[int, Tensor, Tensor], None]
@@ -165,9 +170,36 @@ class ConsistencyModelPipeline(EditingMixin):
         dtype = parse_dtype(dtype if dtype is not None else pos_dtype)
         if dtype is not None and not dtype.is_floating_point:
             raise ValueError(f"a pipeline dtype must be a floating point type, got {dtype}")
+        target = None if device is None else parse_device(device)
+        if target is not None and target.type != self.device.type:
+            self._require_weights_fit(target, dtype or self.dtype)
         if device is not None or dtype is not None:
-            self.unet.to(device=None if device is None else torch.device(device), dtype=dtype)
+            self.unet.to(device=target, dtype=dtype)
         return self
+
+    def _require_weights_fit(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Refuse to move the network to ``device`` when its weights alone exceed the memory there."""
+        params = self.model.parameters() if isinstance(self.model, nn.Module) else ()
+        nbytes = sum(p.numel() * (dtype.itemsize if p.is_floating_point() else p.element_size()) for p in params)
+        require_memory(nbytes, f"the network's weights ({format_bytes(nbytes)} in {dtype})",
+                       "use a smaller dtype (e.g. bfloat16), a device with more memory, or the CPU", device)
+
+    def require_batch_fits(self, batch_size: int, sample_shape: tuple[int, ...]) -> None:
+        """Refuse a batch whose sampler state and network activations cannot fit the device's memory.
+
+        The estimate is a lower bound: four float32 copies of the batch (sample, network input and output, noise)
+        plus the activations the network reports through ``activation_floats(sample_shape)`` when it has one.
+        """
+        per_sample = 4 * 4 * int(np.prod(sample_shape))
+        activation_floats = getattr(self.model, "activation_floats", None)
+        if callable(activation_floats):
+            per_sample += int(activation_floats(sample_shape)) * self.dtype.itemsize
+        require_memory(
+            batch_size * per_sample,
+            f"a batch of {batch_size:,} samples of shape {tuple(sample_shape)}",
+            "lower the batch size, or draw the samples in several smaller batches",
+            self.device,
+        )
 
     # ----- progress bar -----------------------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -228,7 +260,11 @@ class ConsistencyModelPipeline(EditingMixin):
         output_type: str,
         generator: GeneratorArg,
     ) -> None:
-        """Raise a ValueError for call arguments diffusers rejects (and a few it would mishandle)."""
+        """Raise a ValueError for call arguments diffusers rejects (and a few it would mishandle).
+
+        A generator that is not a ``torch.Generator`` and latents that are not a tensor are TypeErrors.
+        """
+        check_generator(generator)
         if num_inference_steps is None and timesteps is None:
             raise ValueError("Exactly one of `num_inference_steps` or `timesteps` must be supplied.")
         if num_inference_steps is not None and timesteps is not None:
@@ -241,8 +277,20 @@ class ConsistencyModelPipeline(EditingMixin):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if latents is not None:
             expected = (batch_size, *sample_shape)
+            if not isinstance(latents, Tensor):
+                raise TypeError(
+                    f"latents must be a torch.Tensor (or a NumPy array) of shape {expected}, got "
+                    f"{type(latents).__name__}"
+                )
             if tuple(latents.shape) != expected:
                 raise ValueError(f"The shape of latents is {tuple(latents.shape)} but is expected to be {expected}.")
+            if not latents.is_floating_point():
+                raise ValueError(f"latents must be floating point (standard normal noise), got dtype {latents.dtype}")
+            if not bool(torch.isfinite(latents).all()):
+                raise ValueError(
+                    "latents contain NaN or infinite values, which would give a NaN image; pass finite standard "
+                    "normal noise, e.g. torch.randn(shape, generator=torch.Generator().manual_seed(0))"
+                )
         if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps <= 0:
             raise ValueError(
                 f"`callback_steps` has to be a positive integer but is {callback_steps!r} of type {type(callback_steps)}."
@@ -342,7 +390,7 @@ class ConsistencyModelPipeline(EditingMixin):
         num_inference_steps: Optional[int] = 1,
         timesteps: Optional[Sequence[int]] = None,
         generator: GeneratorArg = None,
-        latents: Optional[Tensor] = None,
+        latents: Union[Tensor, np.ndarray, None] = None,
         output_type: OutputType = "pil",
         return_dict: bool = True,
         callback: Optional[StepCallback] = None,
@@ -357,9 +405,12 @@ class ConsistencyModelPipeline(EditingMixin):
         self.require_consistency_model()
         sample_shape = self.sample_shape
         device, dtype = self.device, self.dtype
+        if isinstance(latents, np.ndarray):
+            latents = torch.from_numpy(np.ascontiguousarray(latents))
         self.check_inputs(
             num_inference_steps, timesteps, latents, batch_size, sample_shape, callback_steps, output_type, generator
         )
+        self.require_batch_fits(batch_size, sample_shape)
         self._warn_slow_dtype(dtype, device)
 
         # the sampler's state (noise, scalings, the x of Algorithm 1) stays float32 for a half-precision network:

@@ -10,6 +10,19 @@ from torch import Tensor
 GeneratorArg = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
+def check_generator(generator: object) -> None:
+    """Raise a TypeError unless ``generator`` is None, a ``torch.Generator`` or a list / tuple of them."""
+    items = generator if isinstance(generator, (list, tuple)) else [generator]
+    bad = [g for g in items if g is not None and not isinstance(g, torch.Generator)]
+    if bad or (isinstance(generator, (list, tuple)) and not generator):
+        shown = type(bad[0]).__name__ if bad else "an empty list"
+        seed = bad[0] if bad and isinstance(bad[0], int) and not isinstance(bad[0], bool) else 0
+        raise TypeError(
+            f"generator must be a torch.Generator, a list of them (one per sample) or None, got {shown}; for a seed "
+            f"pass generator=torch.Generator().manual_seed({seed})"
+        )
+
+
 def randn(
     shape: Sequence[int],
     generator: GeneratorArg = None,
@@ -21,6 +34,7 @@ def randn(
     Draws happen on the generator's device (a CPU generator gives CPU noise, then moved to ``device``) and in
     ``dtype``, the same sequence of draws as ``diffusers.utils.torch_utils.randn_tensor``.
     """
+    check_generator(generator)
     shape = tuple(int(s) for s in shape)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if isinstance(generator, (list, tuple)):
@@ -48,6 +62,7 @@ def randint(
     high: int, size: int, generator: GeneratorArg = None, device: torch.device | str | None = None
 ) -> Tensor:
     """Integers in ``[0, high)`` from ``generator`` rather than the global RNG; with a list, entry ``i`` from ``generator[i]``."""
+    check_generator(generator)
     if isinstance(generator, (list, tuple)):
         if len(generator) == size and size > 1:
             parts = [randint(high, 1, g, device) for g in generator]

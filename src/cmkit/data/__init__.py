@@ -27,11 +27,15 @@ def build_dataset(
     ``channels`` (1 or 3) applies to folders (default 3); the digits are grayscale and the toys are points.
     """
     if kind == "digits":
-        from .digits import NUM_CLASSES, load_digits
+        from ..limits import require_memory
+        from .digits import NUM_CLASSES, NUM_IMAGES, load_digits
 
         if channels not in (None, 1):
             raise ValueError(f"the digits are grayscale (1 channel); drop channels={channels}")
 
+        if resolution is not None:
+            require_memory(2 * 4 * NUM_IMAGES * resolution**2, f"the digits at resolution {resolution}",
+                           "use a smaller resolution (a multiple of 8, e.g. 32)")
         x, y = load_digits("train", resolution or 8)
         labels = None if class_labels is False else y
         names = [str(c) for c in range(NUM_CLASSES)] if labels is not None else []

@@ -19,6 +19,7 @@ from torch import Tensor
 
 Split = Literal["train", "test", "all"]
 NUM_CLASSES = 10
+NUM_IMAGES = 1797
 HELD_OUT_PER_CLASS = 36
 _SPLIT_SEED = 20231
 

@@ -94,6 +94,9 @@ def edit(
     sigma_list = [float(v) for v in check_sigmas(sigmas, sigma_min, sigma_max)]
     if start is not None and start.shape != y.shape:
         raise ValueError(f"start has shape {tuple(start.shape)} but y has {tuple(y.shape)}; they must match")
+    for label, value in (("the image", y), ("the starting (noisy) image", start)):
+        if value is not None and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{label} contains NaN or infinite values; pass finite pixels")
 
     keep = 1.0 - mask
     known = transform.forward(y) * keep

@@ -103,6 +103,7 @@ class EditingMixin:
             schedule = torch.as_tensor(list(sigmas) if not isinstance(sigmas, Tensor) else sigmas, dtype=torch.float64)
         device = self.device  # type: ignore[attr-defined]
         batch = task.reference.shape[0]
+        self.require_batch_fits(batch, tuple(task.reference.shape[1:]))  # type: ignore[attr-defined]
         if isinstance(class_labels, int) and not isinstance(class_labels, bool):
             class_labels = [class_labels] * batch  # one label for every image
         labels = self.prepare_class_labels(batch, device, class_labels, generator)  # type: ignore[attr-defined]
@@ -235,8 +236,12 @@ class EditingMixin:
         """Denoise ``noisy = clean + sigma z`` given in model space ([-1, 1] plus noise, unclipped) as ``[B, C, H, W]``."""
         self._check_sigma(sigma)
         expected = self._image_size()
+        if not isinstance(noisy, Tensor):
+            raise TypeError(f"noisy must be a torch.Tensor [B, C, H, W] in model space, got {type(noisy).__name__}")
         if noisy.ndim != 4 or tuple(noisy.shape[1:]) != expected:
             raise ValueError(f"noisy must be [B, {expected[0]}, {expected[1]}, {expected[2]}], got {tuple(noisy.shape)}")
+        if not bool(torch.isfinite(noisy).all()):
+            raise ValueError("noisy contains NaN or infinite values; pass finite pixels (clean + sigma z in model space)")
         return self._run(denoising(noisy.float(), float(sigma)), "denoise", num_inference_steps, sigmas, class_labels,
                          generator, output_type, return_dict)
 
@@ -290,6 +295,8 @@ class EditingMixin:
             raise ValueError("pass both images to interpolate between them, or neither to interpolate between noises")
         if sigma is not None:
             self._check_sigma(sigma)
+        if isinstance(num_images, int) and not isinstance(num_images, bool):
+            self.require_batch_fits(num_images, (channels, height, width))  # type: ignore[attr-defined]
         if first is None:
             level = cfg["sigma_max"] if sigma is None else float(sigma)
             shape = (1, channels, height, width)

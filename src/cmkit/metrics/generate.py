@@ -7,6 +7,7 @@ seeded generator, so the same call always gives the same samples.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
@@ -34,6 +35,18 @@ def _to_model_space(images: Tensor) -> Tensor:
     return images * 2 - 1 if images.ndim == 4 else images
 
 
+def require_samples_fit(pipe, num_samples: int, batch_size: int) -> None:
+    """Refuse ``num_samples`` float32 samples (all kept for the metric), or one batch, that cannot fit in memory."""
+    from ..limits import require_memory
+
+    if num_samples < 1 or batch_size < 1:
+        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
+    per_sample = 4 * math.prod(pipe.sample_shape) + 8  # the sample and its class label
+    require_memory(num_samples * per_sample, f"{num_samples:,} evaluation samples of shape {pipe.sample_shape}",
+                   "evaluate fewer samples (--num-samples, --draws)")
+    pipe.require_batch_fits(min(batch_size, num_samples), pipe.sample_shape)
+
+
 def _batches(num_samples: int, batch_size: int, labels: Optional[Tensor]):
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
@@ -56,6 +69,7 @@ def generate_samples(
     batch_size: int = 1000,
 ) -> Tensor:
     """``num_samples`` consistency samples from ``pipe`` (model space), from ``seed``, in batches."""
+    require_samples_fit(pipe, num_samples, batch_size)
     generator = torch.Generator().manual_seed(seed)
     parts = []
     for n, labels in _batches(num_samples, batch_size, class_labels):
@@ -82,6 +96,7 @@ def generate_heun_samples(
     batch_size: int = 1000,
 ) -> Tensor:
     """Samples of a pipeline whose network is an EDM denoiser, by the EDM Heun sampler (``2 * heun_steps - 1`` NFE)."""
+    require_samples_fit(pipe, num_samples, batch_size)
     config = pipe.scheduler.config
     sigma_min, sigma_max = float(config.sigma_min), float(config.sigma_max)
     denoiser = Denoiser(pipe.unet, "edm", sigma_min=sigma_min, sigma_data=float(config.sigma_data))

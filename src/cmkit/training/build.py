@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -102,7 +103,35 @@ def build_model(config: TrainConfig, data: DataSource, teacher: Optional[Denoise
             raise ValueError(f"the teacher makes samples of shape {shape} but the data have shape {data.sample_shape}")
     else:
         net = build_network(config, data)
+    require_training_fits(config, data, net)
     return Denoiser(net, parameterization_of(config.method))
+
+
+def require_training_fits(config: TrainConfig, data: DataSource, net: nn.Module) -> None:
+    """Refuse a run whose weights, optimizer state and one batch's activations cannot fit the training device.
+
+    A lower bound: float32 weights, gradients, two Adam moments and one copy per EMA rate, plus this process's
+    share of the batch times the activations the network keeps per sample (``activation_floats``, else twice
+    the sample) for the backward pass.
+    """
+    from ..limits import require_memory
+    from .distributed import resolve_device
+
+    params = sum(p.numel() for p in net.parameters())
+    copies = 4 + len(config.ema_rates)
+    activation_floats = getattr(net, "activation_floats", None)
+    sample_floats = math.prod(data.sample_shape)
+    per_sample = int(activation_floats(tuple(data.sample_shape))) if callable(activation_floats) else 2 * sample_floats
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    local_batch = -(-config.batch_size // world)
+    device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+    require_memory(
+        4 * (params * copies + local_batch * per_sample),
+        f"training a {params:,}-parameter network with a batch of {local_batch:,} samples of shape "
+        f"{tuple(data.sample_shape)} per process",
+        "lower --batch-size (or the network's size), or train on more processes",
+        device,
+    )
 
 
 def objective_options(config: TrainConfig) -> dict[str, Any]:
