@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.generate import parameterization_of
     from ..pipeline import ConsistencyModelPipeline
     from ..postprocess import is_image_shape
+    from .options import check_upscaled_images, parse_device_flag
     from .sample import _resolve_model
 
     if args.per_class < 1:
@@ -103,13 +104,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png path, got {out}")
+    device = parse_device_flag(args.device)
 
     model_dir = _resolve_model(args.model)
     if parameterization_of(model_dir) == "edm":
         raise ValueError(f"{model_dir} is an EDM diffusion teacher, not a consistency model; pass a consistency pipeline")
     t0 = time.perf_counter()
-    dtype = resolve_dtype(args.dtype, args.device)
-    pipe = ConsistencyModelPipeline.from_pretrained(model_dir, dtype=dtype, device=args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    pipe = ConsistencyModelPipeline.from_pretrained(model_dir, dtype=dtype, device=device)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - t0
     if not is_image_shape(pipe.sample_shape):
@@ -117,12 +119,15 @@ def run(args: argparse.Namespace) -> int:
     num_classes = pipe.num_classes
     if num_classes is None:
         raise ValueError("the demo draws one row per class and needs a class-conditional model; pass one with --model")
+    pipe.require_batch_fits(num_classes * args.per_class, pipe.sample_shape)
+    _, height, width = pipe.sample_shape
+    check_upscaled_images(2 * num_classes * args.per_class, width, height, 1, args.scale)
     labels = [c for c in range(num_classes) for _ in range(args.per_class)]
 
     t1 = time.perf_counter()
     grids = []
     for steps in (1, 2):
-        generator = torch.Generator(device=args.device).manual_seed(args.seed)
+        generator = torch.Generator(device=device).manual_seed(args.seed)
         grids.append(pipe(batch_size=len(labels), class_labels=labels, num_inference_steps=steps,
                           generator=generator, output_type="pil").images)
     generate_s = time.perf_counter() - t1

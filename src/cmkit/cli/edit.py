@@ -36,7 +36,7 @@ def _common(p: argparse.ArgumentParser, needs_image: bool = True) -> None:
     p.add_argument("--model", required=True, help="pipeline directory or hub id (ConsistencyModelPipeline layout)")
     if needs_image:
         p.add_argument("--image", required=True, help="input image file (PNG, JPEG, ...)")
-    p.add_argument("--out", required=True, help="output image file (e.g. out.png)")
+    p.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp, ...)")
     p.add_argument("--steps", type=int, default=None, help="number of sampling steps (default: per task)")
     p.add_argument("--sigmas", default=None, help="explicit descending noise levels, comma-separated, e.g. 80,5,1")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -102,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
 
     from ..hardware import resolve_dtype
     from ..pipeline import ConsistencyModelPipeline
+    from .options import check_out_path, parse_device_flag
 
-    pipe = ConsistencyModelPipeline.from_pretrained(args.model, dtype=resolve_dtype(args.dtype, args.device), device=args.device)
+    out = check_out_path(args.out)
+    device = parse_device_flag(args.device)
+    pipe = ConsistencyModelPipeline.from_pretrained(args.model, dtype=resolve_dtype(args.dtype, device), device=device)
     generator = torch.Generator().manual_seed(args.seed)
     common = dict(
         num_inference_steps=args.steps,
@@ -126,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
         result = pipe.interpolate(args.first, args.second, num_images=args.num_images, sigma=args.sigma, **common)
     else:  # pragma: no cover - argparse restricts the choices
         raise ValueError(f"unknown editing task {args.task!r}")
-    out = Path(args.out)
     _save(result.images, out)
     print(f"wrote {out}")
     return 0

@@ -62,9 +62,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.atomic import atomic_write_text
     from ..metrics.fd_digits import balanced_class_labels, evaluate_digits
-    from ..metrics.generate import generate_heun_samples, generate_samples, parameterization_of
+    from ..metrics.generate import generate_heun_samples, generate_samples, parameterization_of, require_samples_fit
     from ..metrics.swd import toy_swd, toy_swd_floor
     from ..pipeline import ConsistencyModelPipeline
+    from .options import parse_device_flag
     from .sample import default_model_dir
 
     if args.draws < 1:
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     model_dir = args.model or str(default_model_dir())
     if args.model is None and not (default_model_dir() / "model_index.json").is_file():
         raise FileNotFoundError(f"the bundled digits model is missing at {model_dir}; pass a pipeline with --model DIR")
-    pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=args.device)
+    device = parse_device_flag(args.device)
+    pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=device)
     pipe.set_progress_bar_config(disable=True)
     is_teacher = parameterization_of(model_dir) == "edm"
     toy = args.toy
@@ -87,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         )
     per_draw = args.num_samples or (10_000 if toy else 360)
     total = per_draw * args.draws
+    require_samples_fit(pipe, total, args.batch_size)
     labels = None
     if toy is None and pipe.num_classes is not None:
         if pipe.num_classes != 10:

@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     add_dtype_argument(p)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--out", default=None, help="grid image path (.png), or .npy for raw samples (default samples.png)")
+    p.add_argument("--out", default=None,
+                   help="grid image path (.png, .jpg, .webp, ...), or .npy for raw samples (default samples.png)")
     p.add_argument("--out-dir", default=None, help="also write one PNG per sample into this directory")
     p.add_argument("--cols", type=int, default=None, help="grid columns (default about sqrt(batch size))")
     p.add_argument("--scale", type=int, default=None,
@@ -81,28 +82,34 @@ def run(args: argparse.Namespace) -> int:
     from ..hardware import resolve_dtype
     from ..pipeline import ConsistencyModelPipeline
     from ..postprocess import image_grid, is_image_shape
+    from .options import check_out_path, check_upscaled_images, parse_device_flag
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.scale is not None and args.scale < 1:
         raise ValueError(f"--scale must be >= 1, got {args.scale}")
-    out = Path(args.out) if args.out else (None if args.out_dir else Path("samples.png"))
-    if out is not None and out.suffix.lower() not in (".png", ".npy", ".jpg", ".jpeg", ".webp"):
-        raise ValueError(f"--out must end in .png (a grid image) or .npy (raw samples), got {out}")
-    labels = _class_labels(args.class_labels, args.batch_size)
+    device = parse_device_flag(args.device)
+    out = check_out_path(args.out, extra=(".npy",)) if args.out else (None if args.out_dir else Path("samples.png"))
 
     t0 = time.perf_counter()
-    dtype = resolve_dtype(args.dtype, args.device)
-    pipe = ConsistencyModelPipeline.from_pretrained(_resolve_model(args.model), dtype=dtype, device=args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    pipe = ConsistencyModelPipeline.from_pretrained(_resolve_model(args.model), dtype=dtype, device=device)
     load_s = time.perf_counter() - t0
+    pipe.require_batch_fits(args.batch_size, pipe.sample_shape)  # before any per-sample list is built
+    labels = _class_labels(args.class_labels, args.batch_size)
     image_like = is_image_shape(pipe.sample_shape)
     wants_images = args.out_dir is not None or (out is not None and out.suffix.lower() != ".npy")
     if wants_images and not image_like:
         raise ValueError(
             f"this model makes samples of shape {pipe.sample_shape}, not images; save them with --out FILE.npy"
         )
+    if wants_images:
+        channels, height, width = pipe.sample_shape
+        scale = args.scale or max(1, 64 // max(width, height))
+        grid = out is not None and out.suffix.lower() != ".npy"
+        check_upscaled_images(args.batch_size, width, height, channels, scale, grid=grid)
 
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     steps = None if args.timesteps else args.steps
     t1 = time.perf_counter()
     samples = pipe(

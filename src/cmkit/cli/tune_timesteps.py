@@ -51,12 +51,14 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.generate import parameterization_of
     from ..pipeline import ConsistencyModelPipeline
     from ..tuning import save_default_timesteps, tune_two_step_timestep
+    from .options import parse_device_flag
     from .sample import default_model_dir
 
+    device = parse_device_flag(args.device)
     model_dir = args.model or str(default_model_dir())
     if parameterization_of(model_dir) == "edm":
         raise ValueError(f"{model_dir} is an EDM teacher (sampled with Heun); tune a consistency model instead")
-    pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=args.device)
+    pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=device)
     pipe.set_progress_bar_config(disable=True)
     if args.toy is not None:
         from ..metrics.swd import toy_swd

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..devices import parse_device
+
 
 @dataclass
 class DistContext:
@@ -83,13 +85,11 @@ class DistContext:
 
 
 def resolve_device(device: Literal["auto", "cpu", "cuda"], local_rank: int = 0) -> torch.device:
-    """``auto``: this process's GPU when CUDA is available, else the CPU."""
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was asked for but CUDA is not available; use device 'cpu' or 'auto'")
-        return torch.device("cuda", local_rank)
-    if device not in ("auto", "cpu"):
+    """``auto``: this process's GPU when CUDA is available, else the CPU; ``cuda`` must exist (see cmkit.devices)."""
+    if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return parse_device(f"cuda:{local_rank}", "device")
     return torch.device("cpu")
 
 

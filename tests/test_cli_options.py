@@ -1,0 +1,37 @@
+"""Checks shared by the commands (cmkit.cli.options): accepted --out types are exactly those the message lists."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cmkit.cli import main
+from cmkit.cli.options import check_out_path, image_suffixes
+from cmkit.cli.sample import default_model_dir
+
+
+def test_the_message_lists_exactly_the_accepted_suffixes(tmp_path):
+    suffixes = image_suffixes()
+    assert suffixes[:3] == (".png", ".jpg", ".jpeg")
+    for suffix in (*suffixes, ".npy"):
+        assert check_out_path(tmp_path / f"x{suffix.upper()}", extra=(".npy",)).suffix.lower() == suffix
+    with pytest.raises(ValueError) as err:
+        check_out_path("x.txt", extra=(".npy",))
+    listed = str(err.value)
+    assert listed == f"--out must end in an image ({', '.join(suffixes)}) or .npy (raw samples), got x.txt"
+    with pytest.raises(ValueError, match=r"must end in an image \(\.png, .*\), got x\.npy"):
+        check_out_path("x.npy")  # an image-only flag does not offer .npy
+
+
+def test_sample_and_edit_accept_a_jpg_and_list_what_they_accept(tmp_path, capsys):
+    assert main(["sample", "--batch-size", "2", "--out", str(tmp_path / "grid.jpg")]) == 0
+    assert Image.open(tmp_path / "grid.jpg").format == "JPEG"
+    assert main(["sample", "--out", str(tmp_path / "grid.txt")]) == 1
+    err = capsys.readouterr().err
+    assert ".jpg" in err and ".npy" in err and "only" not in err
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8), mode="L").save(tmp_path / "in.png")
+    edit = ["edit", "denoise", "--model", str(default_model_dir()), "--image", str(tmp_path / "in.png"),
+            "--sigma", "0.5"]
+    assert main([*edit, "--out", str(tmp_path / "out.txt")]) == 1
+    err = capsys.readouterr().err
+    assert "--out must end in an image (.png, .jpg" in err and ".npy" not in err
+    assert main([*edit, "--out", str(tmp_path / "out.jpg")]) == 0
