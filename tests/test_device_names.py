@@ -1,4 +1,5 @@
-"""cmkit.devices: one parser for --device in every command and for pipe.to(...)."""
+"""cmkit.devices: one parser for --device in every command and for pipe.to(...) (named to leave test_devices.py to
+the device-cleanliness tests)."""
 
 import pytest
 import torch
