@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from cmkit.karras import karras_sigmas
 from cmkit.models.denoiser import Denoiser
 from cmkit.models.mlp import MLPNet
 from cmkit.sampling import edm_sampling_sigmas, euler_step, heun_step, sample_consistency, sample_heun
@@ -78,8 +77,12 @@ def test_consistency_sampler_noise_level():
         return ident(x, s)
 
     sample_consistency(spy, x, torch.tensor([80.0, 2.0]), g)
+    assert len(calls) == 2 and torch.equal(calls[0], x)
     assert calls[1].std().item() == pytest.approx((4 - 0.002**2) ** 0.5, rel=0.03)
-    assert len(karras_sigmas(3)) == 3
+    assert abs(calls[1].mean().item()) < 0.06  # 4 standard errors of the mean
+    # exactly the generator's next draw, scaled by sqrt(tau^2 - eps^2) (CM Algorithm 1, line 5)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(calls[1], z * (2.0**2 - 0.002**2) ** 0.5)
 
 
 class CountingModel:
