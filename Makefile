@@ -20,6 +20,11 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
+# For iteration: everything except the tests marked slow (make test, which CI runs, includes them).
+.PHONY: test-fast
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
+
 demo: $(STAMP)
 	$(PY) -m cmkit demo --out out/demo.png
 

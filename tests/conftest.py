@@ -1,13 +1,7 @@
 import os
 
-import pytest
 import torch
 
 # Two xdist workers share 2 cores: one intra-op thread each avoids oversubscription.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
-
-
-@pytest.fixture
-def tmp_dir(tmp_path):
-    return tmp_path

@@ -5,6 +5,7 @@ differ only in float summation order (per-process means averaged by all_reduce v
 slice, the noise and the sigmas of every sample come from one global draw per step.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import torch
 
 from cmkit.io.weights import load_state_dict
 from cmkit.training import checkpoint as ckpt
+from cmkit.training.build import build_data, build_model
 from cmkit.training.config import DataConfig, TrainConfig
 from cmkit.training.loop import train
 
@@ -25,7 +27,7 @@ def test_two_processes_match_one(tmp_path):
     config = TrainConfig(
         method="ict", data=DataConfig(kind="digits"), model="mlp",
         model_options={"width": 32, "num_blocks": 1, "embedding_dim": 8},
-        steps=4, batch_size=8, lr=2e-3, save_every=0, progress=False, num_samples=4, ema_rates=(0.9,),
+        steps=4, batch_size=8, lr=2e-3, save_every=0, progress=False, num_samples=4, ema_rates=(0.9,), log_every=1,
         output_dir=str(tmp_path / "one"), device="cpu",
     )
     train(config)
@@ -52,9 +54,25 @@ def test_two_processes_match_one(tmp_path):
         assert torch.allclose(a, b, rtol=0, atol=ATOL + RTOL * a.abs().max().item()), name
         worst = max(worst, ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item())
     print(f"max relative difference, 2 processes vs 1: {worst:.2e}")
-    # the processes really trained (weights moved) and exported identical-up-to-rounding pipelines
-    init = load_state_dict(tmp_path / "one" / "unet" / "diffusion_pytorch_model.safetensors")
-    other = load_state_dict(tmp_path / "two" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert all(torch.allclose(init[k], other[k], rtol=0, atol=ATOL + RTOL * init[k].abs().max().item()) for k in init)
+    # the processes really trained: every weight moved from its initial value (rebuilt as train() builds it) by
+    # more than the 1-vs-2 tolerance (else the comparison above would pass untrained), and rank 0 logged every step
+    # with the loss averaged over both processes
+    torch.manual_seed(config.seed)
+    initial = build_model(config, build_data(config), None).state_dict()
+    assert initial.keys() == two_ckpt.model.keys()
+    for name, start in initial.items():
+        moved = (two_ckpt.model[name] - start).abs().max().item()
+        assert moved > ATOL + RTOL * start.abs().max().item(), f"{name} did not move beyond the tolerance"
+    logged = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged] == [1, 2, 3, 4]
+    assert [entry["loss"] for entry in logged] == two_ckpt.state["losses"].tolist()
+    assert all(entry["grad_norm"] > 0 for entry in logged)
+    # ... and exported identical-up-to-rounding pipelines
+    exported_one = load_state_dict(tmp_path / "one" / "unet" / "diffusion_pytorch_model.safetensors")
+    exported_two = load_state_dict(tmp_path / "two" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert exported_one.keys() == exported_two.keys()
+    assert all(
+        torch.allclose(a, exported_two[k], rtol=0, atol=ATOL + RTOL * a.abs().max().item()) for k, a in exported_one.items()
+    )
     assert one_ckpt.state["losses"].shape == (4,)
     assert torch.allclose(one_ckpt.state["losses"], two_ckpt.state["losses"], rtol=1e-6)

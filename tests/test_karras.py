@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,6 +52,19 @@ def test_timestep_round_trip():
     assert t[2].item() == pytest.approx(250 * math.log(80.0))
     assert torch.allclose(karras.timestep_to_sigma(t), sigma)
     assert karras.sigma_to_timestep(80.0) == pytest.approx(250 * math.log(80.0))
+
+
+def test_timestep_to_sigma_accepts_every_sigma_like_type():
+    expected = math.exp(100 / 250)
+    assert karras.timestep_to_sigma(100.0) == pytest.approx(expected)
+    assert karras.timestep_to_sigma(100) == pytest.approx(expected)
+    t = np.array([100.0, 250 * math.log(80.0)])
+    out = karras.timestep_to_sigma(t)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64
+    assert np.allclose(out, [expected, 80.0], rtol=1e-12)
+    assert np.allclose(karras.timestep_to_sigma(karras.sigma_to_timestep(np.array([0.002, 0.5]))), [0.002, 0.5])
+    out_t = karras.timestep_to_sigma(torch.tensor([100.0], dtype=torch.float64))
+    assert isinstance(out_t, torch.Tensor) and out_t.item() == pytest.approx(expected)
 
 
 def test_renoise_at_sigma_min_adds_nothing():

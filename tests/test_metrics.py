@@ -305,6 +305,17 @@ def test_generate_samples_is_seeded_and_batch_size_invariant(tmp_path):
         generate_samples(pipe, 20, class_labels=labels[:5])
 
 
+def test_generate_heun_samples_makes_2n_minus_1_evaluations_per_batch(tmp_path):
+    from cmkit.metrics.generate import generate_heun_samples
+    from cmkit.pipeline import ConsistencyModelPipeline
+
+    pipe = ConsistencyModelPipeline.from_pretrained(_tiny_pipeline(tmp_path / "t", (1, 8, 8), 10, "edm"))
+    calls = []
+    pipe.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    generate_heun_samples(pipe, 6, 0, heun_steps=3, class_labels=torch.arange(6), batch_size=4)
+    assert calls == [4] * 5 + [2] * 5  # the NFE `cmkit eval` reports: 2 * heun_steps - 1 per batch
+
+
 def test_eval_cli_digits_table_and_json(tmp_path, capsys):
     import json
 

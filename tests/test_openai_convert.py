@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cmkit.io.openai import convert_openai_checkpoint, convert_openai_state_dict, infer_openai_config
+from cmkit.io.openai import (
+    convert_openai_checkpoint,
+    convert_openai_state_dict,
+    find_openai_state_dict,
+    infer_openai_config,
+)
 from cmkit.models.modeling import load_exact_state_dict
 from cmkit.models.presets import unet_preset_config
 from cmkit.models.unet import UNet2DModel
@@ -441,3 +447,88 @@ def test_bad_checkpoint_files(tmp_path):
     torch.save({"model": _sd(), "step": 3, "fn": math.sqrt}, tmp_path / "pickle.pt")
     with pytest.raises(ValueError, match="weights_only"):
         convert_openai_checkpoint(tmp_path / "pickle.pt", tmp_path / "o", scheduler="cd")
+
+
+# ------------------------------------------------------------------------------------ wrapped checkpoints
+
+
+def _converted(sd, **kw):
+    return convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, **kw)[1]
+
+
+def _prefixed(sd, prefix):
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "wrap, name",
+    [
+        (lambda sd: {"model": sd}, "model"),
+        (lambda sd: {"ema": sd}, "ema"),
+        (lambda sd: {"state_dict": sd}, "state_dict"),
+        (lambda sd: _prefixed(sd, "module."), "module."),  # DistributedDataParallel
+        (lambda sd: {"state_dict": _prefixed(sd, "module._orig_mod.")}, "state_dict/module._orig_mod."),  # compiled DDP
+        (lambda sd: {"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4}]}, "step": 7}, "model"),
+    ],
+)
+def test_wrapped_and_prefixed_state_dicts_convert_like_the_bare_one(wrap, name):
+    sd = _sd()
+    found = find_openai_state_dict(wrap(sd))
+    assert found.name == name and found.alternatives == ()
+    _assert_same_weights(found.state_dict, sd)
+    _assert_same_weights(_converted(wrap(sd)), _converted(sd))
+
+
+def test_several_state_dicts_take_the_ema_weights_and_say_so():
+    online, ema = _sd(seed=1), _sd(seed=2)
+    for checkpoint in ({"model": online, "ema": ema, "step": 3}, {"ema": ema, "model": online}):
+        with pytest.warns(UserWarning, match=r"converting checkpoint\['ema'\].*Others: 'model'.*--state-dict-key"):
+            _assert_same_weights(_converted(checkpoint), _converted(ema))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an explicit choice is not warned about
+        _assert_same_weights(_converted({"model": online, "ema": ema}, state_dict_key="model"), _converted(online))
+    # a flat dict holding two prefixed models, as some trainers save them
+    flat = {**_prefixed(online, "model."), **_prefixed(ema, "model_ema.")}
+    found = find_openai_state_dict(flat)
+    assert (found.name, found.alternatives) == ("model_ema.", ("model.",))
+    _assert_same_weights(found.state_dict, ema)
+    with pytest.raises(ValueError, match=r"no OpenAI UNet state dict named 'online'; it has 'ema', 'model'"):
+        find_openai_state_dict({"model": online, "ema": ema}, "online")
+
+
+def test_cli_converts_the_chosen_state_dict_of_a_training_checkpoint(tmp_path, capsys):
+    from cmkit.cli import main
+
+    online, ema = _sd(seed=1), _sd(seed=2)
+    torch.save({"model": _prefixed(online, "module."), "ema": ema, "step": 9}, tmp_path / "run.pt")
+    args = ["convert", "--checkpoint", str(tmp_path / "run.pt"), "--scheduler", "cd", "--sample-size", "8",
+            "--attention-head-dim", "32"]  # fmt: skip
+    with pytest.warns(UserWarning, match=r"converting checkpoint\['ema'\]"):
+        assert main([*args, "--out", str(tmp_path / "ema")]) == 0
+    assert main([*args, "--out", str(tmp_path / "online"), "--state-dict-key", "model/module."]) == 0
+    for name, sd in (("ema", ema), ("online", online)):
+        _assert_same_weights(UNet2DModel.from_pretrained(tmp_path / name / "unet").state_dict(), _converted(sd))
+    assert main([*args, "--out", str(tmp_path / "x"), "--state-dict-key", "model"]) == 1
+    assert "has 'ema', 'model/module.'" in capsys.readouterr().err
+
+
+def test_unrecognised_layout_names_the_keys_seen_and_expected(tmp_path):
+    expected = r"keys such as 'input_blocks.0.0.weight', 'time_embed.0.weight'"
+    trainer = {"step": 3, "weights": {"encoder.conv.weight": torch.zeros(2, 2), "encoder.conv.bias": torch.zeros(2)}}
+    with pytest.raises(ValueError, match=expected + r".*'step' \(int\), 'weights': \{'encoder.conv.weight'"):
+        convert_openai_state_dict(trainer, sample_size=8)
+    torch.save({"conv.weight": torch.zeros(4, 3, 3, 3)}, tmp_path / "other.pt")
+    seen = r"'conv.weight' \(tensor \(4, 3, 3, 3\)\)"
+    with pytest.raises(ValueError, match=r"other.pt holds no OpenAI UNet state dict.*" + seen):
+        convert_openai_checkpoint(tmp_path / "other.pt", tmp_path / "o", scheduler="cd")
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="a list, not a mapping"):
+        convert_openai_checkpoint(tmp_path / "list.pt", tmp_path / "o", scheduler="cd")
+    sd = _sd()
+    seen = rf"'model': \{{'time_embed.0.weight'.*\({len(sd)} entries\)"
+    with pytest.raises(ValueError, match=expected + ".*" + seen + ".*find_openai_state_dict"):
+        infer_openai_config({"model": sd}, sample_size=8)

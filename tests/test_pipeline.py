@@ -153,6 +153,20 @@ def test_mlp_pipeline_matches_manual_algorithm_1():
     assert torch.equal(got, x)
 
 
+def test_pipeline_makes_one_network_evaluation_per_step():
+    pipe = make_mlp_pipe((2,))
+    timesteps = []
+    pipe.unet.register_forward_hook(lambda module, args, out: timesteps.append(float(args[1].flatten()[0])))
+    for kwargs, steps in (
+        ({"num_inference_steps": 1}, 1),
+        ({"num_inference_steps": None, "timesteps": [22, 0]}, 2),
+        ({"num_inference_steps": 4}, 4),
+    ):
+        timesteps.clear()
+        pipe(batch_size=3, generator=gen(), output_type="pt", **kwargs)
+        assert len(timesteps) == steps == len(set(timesteps))  # one call per step, each at its own noise level
+
+
 def test_mlp_save_load_round_trip_records_cmkit_class(tmp_path):
     pipe = make_mlp_pipe((2,), num_class_embeds=3)
     pipe.save_pretrained(tmp_path / "p")

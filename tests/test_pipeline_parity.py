@@ -327,20 +327,30 @@ def test_default_timesteps_key_does_not_stop_diffusers(cond, tmp_path):
 
 
 # ----- torch.compile ------------------------------------------------------------------------------------------------
-#: the smallest UNet of the ImageNet-64 layout: inductor's C++ compile time grows with the number of kernels.
-MINI = dict(COND, block_out_channels=(4, 8), norm_num_groups=2, attn_norm_num_groups=2)
+#: one level of the ImageNet-64 layout (attention, scale-shift time conditioning, class embedding, mid block).
+#: Inductor's CPU compile time grows with the number of distinct kernels: a second level (the resampling blocks)
+#: doubles it. Dynamo traces the two-level layout (fullgraph=True) in test_unet.py::test_compiles_without_graph_breaks.
+COMPILE_UNET = dict(
+    COND, block_out_channels=(4,), down_block_types=("AttnDownBlock2D",), up_block_types=("AttnUpBlock2D",),
+    norm_num_groups=2, attn_norm_num_groups=2,
+)
 
 
 @pytest.mark.slow
 def test_torch_compile_reduce_overhead_fullgraph(tmp_path):
     """diffusers' documented speed-up: ``pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=True)``."""
-    _, c = build_pair(MINI, num_train_timesteps=40)
+    from torch._dynamo.utils import counters
+
+    _, c = build_pair(COMPILE_UNET, num_train_timesteps=40)
     kw = dict(class_labels=[145], num_inference_steps=None, timesteps=[22, 0], output_type="pt")
     eager = c(generator=seeded(0), **kw).images
     c.unet = torch.compile(c.unet, mode="reduce-overhead", fullgraph=True)
     assert c.sample_shape == (3, 8, 8) and c.num_classes == 1000 and c.dtype == torch.float32
+    counters.clear()
     compiled = c(generator=seeded(0), **kw).images
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+    # one graph for both steps: no graph break (fullgraph=True would raise) and no recompilation per timestep
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
     c.save_pretrained(tmp_path)  # saves the module inside the compile wrapper
     loaded = ConsistencyModelPipeline.from_pretrained(tmp_path)
     assert loaded.unet.state_dict().keys() == c.unet._orig_mod.state_dict().keys()

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from cmkit.karras import karras_sigmas
 from cmkit.models.denoiser import Denoiser
+from cmkit.models.mlp import MLPNet
 from cmkit.sampling import edm_sampling_sigmas, euler_step, heun_step, sample_consistency, sample_heun
 
 
@@ -77,5 +77,62 @@ def test_consistency_sampler_noise_level():
         return ident(x, s)
 
     sample_consistency(spy, x, torch.tensor([80.0, 2.0]), g)
+    assert len(calls) == 2 and torch.equal(calls[0], x)
     assert calls[1].std().item() == pytest.approx((4 - 0.002**2) ** 0.5, rel=0.03)
-    assert len(karras_sigmas(3)) == 3
+    assert abs(calls[1].mean().item()) < 0.06  # 4 standard errors of the mean
+    # exactly the generator's next draw, scaled by sqrt(tau^2 - eps^2) (CM Algorithm 1, line 5)
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(calls[1], z * (2.0**2 - 0.002**2) ** 0.5)
+
+
+class CountingModel:
+    """Wraps a denoiser and records the sigma of every network evaluation."""
+
+    def __init__(self, model):
+        self.model = model
+        self.sigmas = []
+
+    def __call__(self, x, sigma, class_labels=None):
+        self.sigmas.append(float(sigma[0]))
+        return self.model(x, sigma, class_labels)
+
+
+def tiny_edm_denoiser():
+    torch.manual_seed(0)
+    return Denoiser(MLPNet(sample_shape=(2,), width=16, num_blocks=1, embedding_dim=8).eval(), "edm")
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 18])
+def test_heun_sampler_makes_2n_minus_1_evaluations(num_steps):
+    # EDM Algorithm 1: a Heun step to each nonzero sigma, an Euler step (one evaluation) to 0.
+    model = CountingModel(tiny_edm_denoiser())
+    sigmas = edm_sampling_sigmas(num_steps) if num_steps > 1 else torch.tensor([80.0, 0.0])
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1)) * 80
+    out = sample_heun(model, x, sigmas)
+    assert len(model.sigmas) == 2 * num_steps - 1
+    assert 0.0 not in model.sigmas  # the network is never called at sigma = 0 (nor at a dummy level for it)
+    # Bit for bit what per-sample Heun steps give (they evaluate, then discard, a correction at sigma = 0).
+    reference = x
+    s = sigmas.float()
+    for i in range(num_steps):
+        reference = heun_step(model.model, reference, s[i].expand(5), s[i + 1].expand(5))
+    assert torch.equal(out, reference)
+
+
+def test_heun_sampler_without_a_final_zero_corrects_every_step():
+    model = CountingModel(tiny_edm_denoiser())
+    sample_heun(model, torch.randn(3, 2) * 80, torch.tensor([80.0, 10.0, 1.0]))
+    assert len(model.sigmas) == 4
+
+
+def test_euler_heun_and_consistency_evaluation_counts():
+    model = CountingModel(tiny_edm_denoiser())
+    x, s, sn = torch.randn(3, 2), torch.full((3,), 2.0), torch.full((3,), 1.0)
+    euler_step(model, x, s, sn)
+    assert len(model.sigmas) == 1
+    heun_step(model, x, s, sn)
+    assert len(model.sigmas) == 3
+    for sigmas in ([80.0], [80.0, 0.5], [80.0, 5.0, 0.5]):
+        model.sigmas.clear()
+        sample_consistency(model, torch.randn(3, 2) * 80, torch.tensor(sigmas), torch.Generator().manual_seed(0))
+        assert model.sigmas == pytest.approx(sigmas)  # one evaluation per sigma, at that sigma

@@ -9,6 +9,7 @@ import torch
 
 from cmkit.karras import consistency_scalings, karras_sigmas
 from cmkit.sampling import sample_consistency
+from cmkit.schedulers.base import SchedulerOutput
 from cmkit.schedulers.cm import CMStochasticIterativeScheduler
 
 diffusers = pytest.importorskip("diffusers")
@@ -117,6 +118,20 @@ def test_generator_lists_and_tuple_output_match_diffusers():
     assert torch.equal(xa, xb)
     # every generator of the list advanced exactly as in diffusers
     assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(ga, gb))
+
+
+def test_step_output_holds_only_the_result():
+    s = CMStochasticIterativeScheduler()
+    s.set_timesteps(1)
+    t = s.timesteps[0]
+    x = torch.randn(2, 1, 3, 3) * 80
+    out = s.step(fake_unet(s.scale_model_input(x, t), t), t, x)
+    assert out.keys() == list(out) == ["prev_sample"] and len(out) == 1
+    assert out[0] is out["prev_sample"] is out.prev_sample and out.to_tuple() == (out.prev_sample,)
+    # step bookkeeping belongs to the scheduler; a pasted copy on the output raised AttributeError when called
+    methods = {n for n, v in vars(SchedulerOutput).items() if callable(v) and not n.startswith("__")}
+    assert methods == {"to_tuple", "keys"}
+    assert not hasattr(out, "_current_step_index")
 
 
 def test_one_step_draws_no_noise_and_multistep_draws_every_step():

@@ -171,6 +171,8 @@ def timestep_to_sigma(timestep: SigmaLike) -> SigmaLike:
     """Inverse of :func:`sigma_to_timestep` (up to the 1e-44 guard)."""
     if isinstance(timestep, Tensor):
         return torch.exp(timestep / 250.0)
+    if isinstance(timestep, np.ndarray):
+        return np.exp(timestep / 250.0)
     return math.exp(timestep / 250.0)
 
 

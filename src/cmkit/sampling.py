@@ -71,7 +71,12 @@ def euler_step(
 def heun_step(
     model: DenoiseFn, x: Tensor, sigma: Tensor, sigma_next: Tensor, class_labels: Optional[Tensor] = None
 ) -> Tensor:
-    """One Heun (2nd-order) step of the PF-ODE (EDM Algorithm 1, lines 5-8); Euler where ``sigma_next == 0``."""
+    """One Heun (2nd-order) step of the PF-ODE (EDM Algorithm 1, lines 5-8); Euler where ``sigma_next == 0``.
+
+    Always two network evaluations (the second is discarded for samples with ``sigma_next == 0``): ``sigma_next``
+    may differ per sample, and deciding on the host would synchronise with the device. A sampler whose whole
+    batch steps to 0 takes :func:`euler_step` instead, as :func:`sample_heun` does.
+    """
     d = ode_derivative(model, x, sigma, class_labels)
     dt = append_dims(sigma_next - sigma, x.ndim)
     x_euler = x + dt * d
@@ -92,18 +97,22 @@ def sample_heun(
 ) -> Tensor:
     """Deterministic EDM Heun sampler (EDM Algorithm 1, S_churn = 0) over ``sigmas`` ending in 0.
 
-    ``N`` nonzero sigmas cost ``2N - 1`` network evaluations (18 sigmas: 35 NFE). ``generator`` is unused
-    (the sampler is deterministic) and kept for the common signature.
+    ``sigmas`` = ``N`` nonzero noise levels then 0 (e.g. :func:`edm_sampling_sigmas`) cost ``2N - 1`` network
+    evaluations (18 levels: 35 NFE): a Heun step to each nonzero level, and an Euler step to 0, where EDM
+    Algorithm 1 (line 7) skips the correction. ``generator`` is unused (the sampler is deterministic) and kept
+    for the common signature.
     """
     del generator
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float32, device=x.device)
+    host = torch.as_tensor(sigmas, dtype=torch.float32, device="cpu")  # decides Heun or Euler without a device sync
+    sigmas = host.to(x.device)
     for i in range(len(sigmas) - 1):
-        x = heun_step(model, x, _sigma_batch(sigmas[i], x), _sigma_batch(sigmas[i + 1], x), class_labels)
+        step = heun_step if host[i + 1] > 0 else euler_step
+        x = step(model, x, _sigma_batch(sigmas[i], x), _sigma_batch(sigmas[i + 1], x), class_labels)
     return x
 
 
 def edm_sampling_sigmas(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
-    """EDM's sampling schedule: ``num_steps`` Karras sigmas followed by 0 (Heun NFE = 2*num_steps - 1)."""
+    """EDM's sampling schedule: ``num_steps`` Karras sigmas then 0 (:func:`sample_heun`: ``2 num_steps - 1`` NFE)."""
     from .karras import karras_sigmas
 
     return torch.cat([karras_sigmas(num_steps, sigma_min, sigma_max, rho), torch.zeros(1, dtype=torch.float64)])

@@ -10,6 +10,8 @@ examples:
   cmkit convert --checkpoint cd_imagenet64_l2.pt --out cd_imagenet64_l2 --scheduler cd
   # consistency training, LSUN bedroom 256 (unconditional)
   cmkit convert --checkpoint ct_bedroom256.pt --out ct_bedroom256 --scheduler ct_lsun256
+  # a training checkpoint {"model": ..., "ema": ...}: the EMA weights unless --state-dict-key model
+  cmkit convert --checkpoint run.pt --out run_pipe --scheduler cd --sample-size 32 --state-dict-key model
   # your own architecture: give the image size the weights cannot tell
   cmkit convert --checkpoint mine.pt --out mine --scheduler cd --sample-size 32 --attention-head-dim 32
 
@@ -29,7 +31,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="the OpenAI .pt file (a plain state dict)")
+    p.add_argument(
+        "--checkpoint", required=True,
+        help="the OpenAI .pt file: a state dict, bare or wrapped ({'model': ...}, {'ema': ...}, {'state_dict': ...}), "
+        "keys optionally prefixed 'module.' (DDP)",
+    )  # fmt: skip
+    p.add_argument(
+        "--state-dict-key", default=None,
+        help="which state dict to convert when the file holds several, e.g. model (default: the EMA weights; the "
+        "choice and the other names are reported)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="output pipeline directory (model_index.json, unet/, scheduler/)")
     p.add_argument(
         "--scheduler",
@@ -77,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.out,
         scheduler=args.scheduler,
+        state_dict_key=args.state_dict_key,
         num_classes=args.num_classes,
         class_cond=args.class_cond,
         attention_head_dim=args.attention_head_dim,

@@ -13,6 +13,10 @@ The OpenAI UNet (``cm/unet.py``, the ADM layout) stores its weights as
   channel count changes, ``skip_connection``; attention: ``norm``, ``qkv`` (a 1x1 conv producing q, k, v),
   ``proj_out``.
 
+A checkpoint may hold the state dict bare, under a wrapper key (``{"model": sd}``, ``{"ema": sd}``,
+``{"state_dict": sd}``, ...) or with prefixed keys (``module.`` from DistributedDataParallel); see
+:func:`find_openai_state_dict`.
+
 Everything except the attention head width and the image size is read from the weights: channels per level,
 ``num_res_blocks``, which levels attend, the resampling kind, FiLM (``emb_layers`` twice as wide as the block) or
 additive time conditioning, class conditioning and the output channels. The head width is invisible in the
@@ -22,18 +26,24 @@ weights; every published checkpoint uses 64 (``--num_head_channels 64``), the de
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping, Optional, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Union
 
 import torch
 from torch import Tensor
+
+from .unwrap import FoundStateDict, describe_keys, find_state_dict
 
 QKVLayout = Literal["qkv_major", "head_major"]
 SchedulerPreset = Literal["cd", "ct_imagenet64", "ct_lsun256"]
 
 #: Karras grid size N of the published scheduler configs (sigma range 0.002 - 80).
 SCHEDULER_TIMESTEPS: dict[str, int] = {"cd": 40, "ct_imagenet64": 201, "ct_lsun256": 151}
+#: a key every OpenAI UNet state dict has (the input convolution), and others that show the layout in messages.
+OPENAI_MARKER_KEY = "input_blocks.0.0.weight"
+_OPENAI_EXAMPLE_KEYS = (OPENAI_MARKER_KEY, "time_embed.0.weight", "middle_block.0.in_layers.0.weight", "out.2.weight")
 #: OpenAI's GroupNorm32: 32 groups, eps 1e-5.
 OPENAI_NORM_GROUPS = 32
 OPENAI_NORM_EPS = 1e-5
@@ -54,6 +64,39 @@ class _Source:
 
     key: str
     transform: Optional[Callable[[Tensor], Tensor]] = None
+
+
+# ------------------------------------------------------------------------------------------ checkpoint files
+
+
+def find_openai_state_dict(
+    checkpoint: Any, state_dict_key: Optional[str] = None, source: str = "the checkpoint"
+) -> FoundStateDict:
+    """The OpenAI UNet state dict in a loaded checkpoint: bare, wrapped (``{"ema": sd}``, ``{"model": sd}``,
+    ``{"state_dict": sd}``, nested ones) or with every key prefixed (``module.``, ``_orig_mod.``).
+
+    When there are several, EMA weights are taken first (see :mod:`cmkit.io.unwrap`); ``state_dict_key`` names
+    another (``"model"``, ``"state_dict/module."``; the names are listed in the result's ``alternatives``).
+    Nothing recognisable is a ``ValueError`` that shows the keys found and the keys expected.
+    """
+    return find_state_dict(
+        checkpoint, OPENAI_MARKER_KEY, what="OpenAI UNet", expected=_OPENAI_EXAMPLE_KEYS, name=state_dict_key,
+        source=source,
+    )  # fmt: skip
+
+
+def _unwrapped(checkpoint: Any, state_dict_key: Optional[str], source: str) -> dict[str, Tensor]:
+    """The state dict to convert; a warning says which one when there was a choice."""
+    found = find_openai_state_dict(checkpoint, state_dict_key, source)
+    if found.alternatives and state_dict_key is None:
+        warnings.warn(
+            f"{source} holds {len(found.alternatives) + 1} UNet state dicts; converting {found.describe()} "
+            f"(state_dict_key={found.name!r}; EMA weights are preferred). Others: "
+            f"{', '.join(repr(n) for n in found.alternatives)}; choose one with state_dict_key (cmkit convert "
+            "--state-dict-key)",
+            stacklevel=3,
+        )
+    return found.state_dict
 
 
 # --------------------------------------------------------------------------------------------- architecture
@@ -173,6 +216,12 @@ def infer_openai_config(
 ) -> dict[str, object]:
     """The UNet2DModel config of an OpenAI state dict (explicit arguments are checked against the weights)."""
     sd = state_dict
+    if OPENAI_MARKER_KEY not in sd:
+        raise ValueError(
+            f"not a bare OpenAI UNet state dict: expected keys such as {', '.join(map(repr, _OPENAI_EXAMPLE_KEYS))}; "
+            f"found {describe_keys(sd)}. For a wrapped or prefixed checkpoint, use convert_openai_state_dict or "
+            "find_openai_state_dict(...).state_dict"
+        )
     model_channels, in_channels = _shape(sd, "input_blocks.0.0.weight")[:2]
     temb_dim, temb_in = _shape(sd, "time_embed.0.weight")
     out_channels = _shape(sd, "out.2.weight")[0]
@@ -391,8 +440,12 @@ def convert_openai_state_dict(
     num_heads: Optional[int] = None,
     sample_size: Optional[int] = None,
     qkv_layout: QKVLayout = "qkv_major",
+    state_dict_key: Optional[str] = None,
 ) -> tuple[dict[str, object], dict[str, Tensor]]:
     """Convert an OpenAI UNet state dict into ``(UNet2DModel config, UNet2DModel state dict)``.
+
+    ``state_dict`` may also be a wrapped or prefixed checkpoint (see :func:`find_openai_state_dict`, which
+    ``state_dict_key`` is passed to).
 
     The architecture is inferred from the weights; ``num_classes`` / ``class_cond`` are checked against them.
     ``attention_head_dim`` (default 64) or ``num_heads`` set the head split the weights cannot show.
@@ -404,7 +457,7 @@ def convert_openai_state_dict(
 
     if qkv_layout not in ("qkv_major", "head_major"):
         raise ValueError(f"qkv_layout={qkv_layout!r} is not supported; use 'qkv_major' or 'head_major'")
-    sd = dict(state_dict)
+    sd = _unwrapped(state_dict, state_dict_key, "the state dict")
     config = infer_openai_config(
         sd, num_classes=num_classes, class_cond=class_cond, attention_head_dim=attention_head_dim,
         num_heads=num_heads, sample_size=sample_size,
@@ -450,8 +503,13 @@ def convert_openai_checkpoint(
     sample_size: Optional[int] = None,
     qkv_layout: QKVLayout = "qkv_major",
     dtype: torch.dtype = torch.float32,
+    state_dict_key: Optional[str] = None,
 ) -> Path:
     """Convert an OpenAI ``.pt`` (loaded with ``weights_only=True``) into a ConsistencyModelPipeline directory.
+
+    The file may hold the state dict bare, wrapped or prefixed (:func:`find_openai_state_dict`); when it holds
+    several (e.g. ``model`` and ``ema``), the EMA weights are converted with a warning, or the one
+    ``state_dict_key`` names.
 
     ``scheduler`` picks the published Karras grid: ``"cd"`` (N=40), ``"ct_imagenet64"`` (N=201) or
     ``"ct_lsun256"`` (N=151), all with sigma in [0.002, 80]. Writes ``model_index.json``, ``unet/`` and
@@ -461,11 +519,13 @@ def convert_openai_checkpoint(
     from ..models.unet import UNet2DModel
     from ..pipeline import ConsistencyModelPipeline
     from ..schedulers.cm import CMStochasticIterativeScheduler
-    from .weights import load_state_dict
+    from .weights import load_state_dict, load_torch_file
 
     if scheduler not in SCHEDULER_TIMESTEPS:
         raise ValueError(f"scheduler={scheduler!r} is not known; use one of {sorted(SCHEDULER_TIMESTEPS)}")
-    state = load_state_dict(checkpoint_path)
+    path = Path(checkpoint_path)
+    loaded = load_state_dict(path) if path.suffix == ".safetensors" else load_torch_file(path)
+    state = _unwrapped(loaded, state_dict_key, str(path))
     config, converted = convert_openai_state_dict(
         state, num_classes=num_classes, class_cond=class_cond, attention_head_dim=attention_head_dim,
         num_heads=num_heads, sample_size=sample_size, qkv_layout=qkv_layout,

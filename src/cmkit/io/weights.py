@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -13,6 +13,23 @@ from .atomic import atomic_path
 
 #: diffusers' weight file names, in the order we look for them.
 WEIGHTS_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def load_torch_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
+    """The object in a pickled torch file, loaded safely: ``torch.load(weights_only=True)``, never arbitrary code.
+
+    Only tensors, numbers, strings and containers of them load; a file that needs more is a ``ValueError``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weight file not found: {p}")
+    try:
+        return torch.load(p, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the reason a user can act on
+        raise ValueError(
+            f"could not load {p} with torch.load(weights_only=True): {err}. cmkit never unpickles arbitrary "
+            "objects; re-save the checkpoint as a plain state dict or as .safetensors."
+        ) from err
 
 
 def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
@@ -24,13 +41,7 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
         from safetensors.torch import load_file
 
         return load_file(str(p), device=str(device))
-    try:
-        obj = torch.load(p, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the reason a user can act on
-        raise ValueError(
-            f"could not load {p} with torch.load(weights_only=True): {err}. cmkit never unpickles arbitrary "
-            "objects; re-save the checkpoint as a plain state dict or as .safetensors."
-        ) from err
+    obj = load_torch_file(p, device)
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):

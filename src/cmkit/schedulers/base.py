@@ -51,18 +51,6 @@ class SchedulerOutput:
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
-    def _current_step_index(self, timestep: float | Tensor) -> int:
-        """The index of the step about to run (initialising it on the first call); error past the schedule's end."""
-        if self._step_index is None:
-            self._init_step_index(timestep)
-        assert self._step_index is not None
-        if self._step_index >= len(self.timesteps):
-            raise ValueError(
-                f"all {len(self.timesteps)} timesteps have been stepped through; call set_timesteps again to "
-                "sample anew"
-            )
-        return self._step_index
-
     def __len__(self) -> int:
         return len(self.keys())
 

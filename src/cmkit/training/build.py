@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from torch import nn
 
 from ..data import DataSource, build_dataset
@@ -162,9 +161,3 @@ def scheduler_num_timesteps(config: TrainConfig, objective: Objective) -> int:
     if isinstance(getattr(options, "num_scales", None), int):
         return int(options.num_scales)
     return 40
-
-
-def sample_device(model: nn.Module) -> torch.device:
-    """The device of ``model``'s parameters."""
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")

@@ -225,7 +225,8 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{rate:.0f}", refresh=False)
                 if k % cfg.log_every == 0 or k == cfg.steps:
-                    log.append({"step": k, "loss": loss, "lr": learning_rate(cfg, step), "grad_norm": grad_norm, "samples_per_s": rate, **metrics})
+                    # the objective's metrics are this process's own; "loss" is the mean over processes
+                    log.append({"step": k, **metrics, "loss": loss, "lr": learning_rate(cfg, step), "grad_norm": grad_norm, "samples_per_s": rate})
                 if cfg.save_every and k % cfg.save_every == 0 and k < cfg.steps:
                     self._flush_log(log)
                     self._save_or_stop(k)

@@ -11,7 +11,6 @@ from collections import deque
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 from torch import Tensor
 
 from ..io.atomic import atomic_path
@@ -105,8 +104,3 @@ def save_loss_curve(losses: Sequence[float], path: str | os.PathLike, title: str
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return p
-
-
-def loss_history_tensor(losses: Sequence[float]) -> Tensor:
-    """The loss history as a float64 tensor (how checkpoints store it)."""
-    return torch.tensor(list(losses), dtype=torch.float64)

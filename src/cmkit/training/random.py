@@ -66,5 +66,11 @@ class StepRandom:
         return self._slice(idx.reshape(self.global_batch, *shape) if shape else idx)
 
     def dropout_seed(self, stream: int = 1) -> int:
-        """A seed, identical on every process, for dropout masks that must repeat across two passes."""
+        """A seed for dropout masks that must repeat across two passes of one step (iCT / ECT).
+
+        ``step_seed(seed, step, stream) + offset``: the same for every call in this step on this process, and
+        different on each process (``offset`` is its first sample in the global batch), so the processes draw
+        different masks for their slices. Unlike the other draws, the masks therefore depend on how the global
+        batch is split: with dropout, P processes do not reproduce a 1-process run.
+        """
         return step_seed(self.seed, self.step, stream) + self.offset

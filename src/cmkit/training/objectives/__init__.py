@@ -22,13 +22,9 @@ from .ict import ICTObjective, ICTOptions
 Method = Literal["edm", "cd", "ct", "ict", "ect"]
 METHODS: tuple[str, ...] = get_args(Method)
 
-#: the parameterization of the trained model for each method (the teacher is always "edm").
-MODEL_PARAMETERIZATION: dict[str, str] = {"edm": "edm", "cd": "consistency", "ct": "consistency", "ict": "consistency", "ect": "consistency"}
-
 __all__ = [
     "Method",
     "METHODS",
-    "MODEL_PARAMETERIZATION",
     "Objective",
     "ObjectiveOutput",
     "build_objective",
