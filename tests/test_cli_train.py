@@ -136,3 +136,23 @@ def test_errors(tmp_path, capsys):
     assert rc == 3
     err = capsys.readouterr().err
     assert "training stopped" in err and "last good checkpoint" in err
+
+
+def test_resume_without_a_run_is_an_error(tmp_path, capsys):
+    missing = tmp_path / "missing"
+    assert main(["train", "--data", "toy:moons", "--output", str(missing), "--resume", *FAST]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot resume {missing}: the directory does not exist; drop --resume" in err
+    assert not missing.exists()  # nothing was trained or written
+    empty = tmp_path / "empty"
+    (empty / "checkpoints" / ".tmp-step-00000002-99").mkdir(parents=True)  # only a half-written save
+    assert main(["train", "--data", "toy:moons", "--output", str(empty), "--resume", *FAST]) == 1
+    assert f"cannot resume {empty}: the directory holds no checkpoint" in capsys.readouterr().err
+    assert not (empty / "train_config.json").exists()
+
+
+def test_dist_timeout_flag(tmp_path, capsys):
+    assert main(["train", "--dist-timeout", "12.5", "--output", str(tmp_path), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["dist_timeout"] == 12.5
+    assert main(["train", "--dist-timeout", "0", "--output", str(tmp_path), "--print-config"]) == 1
+    assert "dist_timeout must be a positive number of seconds" in capsys.readouterr().err

@@ -1,5 +1,7 @@
 """``--resume`` continues exactly: after a crash, the final weights are bit-identical to an uninterrupted run (CPU)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -99,3 +101,126 @@ def test_resume_is_bit_identical(tmp_path, make, extra):
     assert all(torch.equal(exported[0][k], exported[1][k]) for k in exported[0])
     # and the run really depended on the restored state: the fresh init alone gives other weights
     assert not torch.equal(make(seed=123).model.state_dict()["net.output.weight"], full.model.state_dict()["net.output.weight"])
+
+
+# ----- damaged files: a resume falls back instead of failing -------------------------------------------------------
+def run_config(tmp_path, name):
+    """7 EDM steps, checkpointed every 3 steps, all checkpoints kept, every step logged."""
+    return TrainConfig(
+        method="edm", data=DataConfig(kind="toy", toy="moons"), model="mlp", steps=7, batch_size=8, lr=3e-3,
+        output_dir=str(tmp_path / name), save_every=3, keep_checkpoints=0, log_every=1, progress=False,
+        num_samples=8, ema_rates=(0.5,),
+    )
+
+
+def crashed_run(tmp_path, name, at):
+    """The run of :func:`run_config` crashed at step index ``at``; returns its config."""
+    cfg = run_config(tmp_path, name)
+    with pytest.raises(Crash):
+        Trainer(cfg, CrashAt(make_edm(0), at=at), data()).run()
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def full_run_weights(tmp_path_factory):
+    full = Trainer(run_config(tmp_path_factory.mktemp("resume"), "full"), make_edm(0), data())
+    full.run()
+    return full.model.state_dict()
+
+
+def logged_steps(cfg):
+    import json
+
+    return [json.loads(line)["step"] for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_drops_a_torn_last_line_and_garbled_lines_of_the_log(tmp_path):
+    cfg = crashed_run(tmp_path, "run", at=5)  # checkpoint at step 3; steps 1-5 logged
+    metrics = Path(cfg.output_dir) / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    assert len(lines) == 5
+    lines[1] = '{"step": 2, "loss": 0.5, "l\x00\n'  # a garbled line in the middle
+    metrics.write_text("".join(lines) + '{"step": 6, "loss": 0.')  # killed while writing step 6
+    resumed = Trainer(cfg, make_edm(0), data())
+    assert resumed.resume() and resumed.start_step == 3
+    with pytest.warns(UserWarning) as caught:
+        resumed.run()
+    messages = [str(w.message) for w in caught]
+    assert any(f"dropped the torn last line of {metrics}" in m for m in messages), messages
+    assert any(f"dropped 1 unreadable line(s) of {metrics} (line 2" in m for m in messages), messages
+    assert logged_steps(cfg) == [1, 3, 4, 5, 6, 7]
+
+
+def damage(path, how):
+    data_ = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data_[: len(data_) // 2]))
+    elif how == "garble":
+        path.write_bytes(b"garbage")
+    elif how == "garble-no-manifest":  # a checkpoint of a version without manifests: the loader itself notices
+        (path.parent / ckpt.MANIFEST_FILE).unlink()
+        path.write_bytes(b"garbage")
+    else:  # one flipped byte in the tensor data: every loader accepts it, only the manifest's SHA-256 notices
+        data_[-5] ^= 0xFF
+        path.write_bytes(bytes(data_))
+
+
+@pytest.mark.parametrize(
+    "file, how",
+    [("state.pt", "truncate"), ("model.safetensors", "garble"), ("ema_0.5.safetensors", "flip"),
+     ("state.pt", "garble-no-manifest")],
+)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, full_run_weights, file, how):
+    cfg = crashed_run(tmp_path, "run", at=6)  # checkpoints at steps 3 and 6
+    newest = ckpt.checkpoint_dir(cfg.output_dir, 6)
+    damage(newest / file, how)
+    resumed = Trainer(cfg, make_edm(seed=5), data())
+    with pytest.warns(UserWarning, match="falling back") as caught:
+        assert resumed.resume()
+    message = str(caught[0].message)
+    assert str(newest / file) in message and str(ckpt.checkpoint_dir(cfg.output_dir, 3)) in message
+    assert resumed.start_step == 3
+    resumed.run()
+    for name, value in full_run_weights.items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
+def test_a_bad_latest_json_falls_back_to_the_newest_directory(tmp_path):
+    cfg = crashed_run(tmp_path, "run", at=6)
+    pointer = Path(cfg.output_dir) / "checkpoints" / "latest.json"
+    pointer.write_text('{"step": 6, "path": "step-0000')
+    resumed = Trainer(cfg, make_edm(0), data())
+    with pytest.warns(UserWarning, match="falling back") as caught:
+        assert resumed.resume()
+    message = str(caught[0].message)
+    assert str(pointer) in message and str(ckpt.checkpoint_dir(cfg.output_dir, 6)) in message
+    assert resumed.start_step == 6
+    pointer.write_text('{"step": 6, "path": "../../elsewhere"}')  # names no checkpoint of this run
+    with pytest.warns(UserWarning, match="names '../../elsewhere', which is no complete checkpoint"):
+        assert Trainer(cfg, make_edm(0), data()).resume()
+
+
+def test_no_loadable_checkpoint_is_an_error_naming_the_directory(tmp_path):
+    cfg = crashed_run(tmp_path, "run", at=6)
+    for step in (3, 6):
+        damage(ckpt.checkpoint_dir(cfg.output_dir, step) / "model.safetensors", "truncate")
+    with pytest.raises(ValueError, match="no loadable checkpoint in .*checkpoints: checkpoint .*step-00000006 is damaged"):
+        Trainer(cfg, make_edm(0), data()).resume()
+
+
+def test_temporary_checkpoint_dirs_are_removed_on_start_and_after_a_save(tmp_path):
+    root = tmp_path / "run" / "checkpoints"
+    (root / ".tmp-step-00000003-4242").mkdir(parents=True)  # a process killed while saving
+    (root / ".tmp-step-00000003-4242" / "model.safetensors").write_bytes(b"half")
+    cfg = TrainConfig(
+        method="edm", data=DataConfig(kind="toy", toy="moons"), model="mlp", steps=4, batch_size=8,
+        output_dir=str(tmp_path / "run"), save_every=0, progress=False, num_samples=8,
+    )
+    with pytest.raises(Crash):  # crashes before its first save: only the start-up clean-up ran
+        Trainer(cfg, CrashAt(make_edm(0), at=1), data()).run()
+    assert list(root.iterdir()) == []
+    (root / ".tmp-step-00000001-4243").mkdir()
+    tensors = {"w": torch.zeros(2)}
+    saved = ckpt.save_checkpoint(tmp_path / "run", 2, tensors, {"ema_0.9": tensors}, {"losses": torch.zeros(2)})
+    assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-00000002"]
+    assert ckpt.load_checkpoint(saved).step == 2

@@ -30,6 +30,9 @@ EPILOG = """examples:
 
 The output directory is a pipeline: ConsistencyModelPipeline.from_pretrained(DIR) and `cmkit sample --model DIR`
 load it. It also holds train_config.json, training_info.json, checkpoints/, samples/, loss.png and metrics.jsonl.
+
+SIGTERM (sent by SLURM or Kubernetes before preemption) or Ctrl-C stops training after the current step with a
+checkpoint and exit status 0; --resume continues exactly. Exit status 3: the loss became NaN or infinite.
 """
 
 #: CLI flag -> TrainConfig field, for flags that map one-to-one.
@@ -40,7 +43,7 @@ _FIELDS = {
     "export_ema_rate": "export_ema_rate", "output": "output_dir", "save_every": "save_every",
     "keep_checkpoints": "keep_checkpoints", "sample_every": "sample_every", "num_samples": "num_samples",
     "log_every": "log_every", "seed": "seed", "device": "device", "tau": "tau",
-    "scheduler_timesteps": "scheduler_timesteps", "weight_decay": "weight_decay",
+    "scheduler_timesteps": "scheduler_timesteps", "weight_decay": "weight_decay", "dist_timeout": "dist_timeout",
 }
 _DATA_FIELDS = ("resolution", "resize", "flip", "channels", "class_labels")
 
@@ -94,6 +97,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--log-every", type=int, help="metrics.jsonl interval (default 10)")
     p.add_argument("--seed", type=int, help="seed for initialisation, data order and noise (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
+    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="torchrun: how long a process waits for the others before a dead or frozen one ends the job "
+                   "(default 300)")
     p.add_argument("--tau", type=float, help="save the 2-step intermediate sigma tau as the pipeline's default")
     p.add_argument("--scheduler-timesteps", type=int, help="N of the saved scheduler's grid (default: the run's N)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -151,20 +157,35 @@ def run(args: argparse.Namespace) -> int:
     """Train and report where the pipeline was written."""
     import time
 
+    from ..training.distributed import CollectiveError
     from ..training.loop import INFO_FILE, NonFiniteLossError, train
+    from ..training.preemption import TrainingStopped
 
     config = build_config(args)
     if getattr(args, "print_config", False):
         print(json.dumps(config.to_dict(), indent=2))
         return 0
     start = time.perf_counter()
+    is_main = os.environ.get("RANK", "0") == "0"
     try:
         out = train(config, resume=getattr(args, "resume", False))
     except NonFiniteLossError as err:
         print(f"cmkit train: {err}", file=sys.stderr)
         return 3
+    except TrainingStopped as stop:
+        if is_main:
+            print(f"cmkit train: {stop}", file=sys.stderr)
+        return 0
+    except CollectiveError as err:  # printed by every process that saw it: each names its rank
+        print(f"cmkit train: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C outside the training steps (set-up, final export): nothing half-written
+        if is_main:
+            print(f"cmkit train: interrupted; the checkpoints in {config.output_dir} are intact (continue with --resume "
+                  "if it holds one)", file=sys.stderr)
+        return 130
     info_path = out / INFO_FILE
-    if info_path.is_file() and os.environ.get("RANK", "0") == "0":
+    if info_path.is_file() and is_main:
         info = json.loads(info_path.read_text())
         print(
             f"trained {config.method} for {config.steps} steps ({info['steps_this_session']} this session) in "

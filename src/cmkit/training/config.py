@@ -109,6 +109,9 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     device: Device = "auto"
+    #: seconds a process waits in a collective for the others before the job stops with an error (a dead or
+    #: frozen process); must exceed the longest pause of rank 0 alone (checkpoint writes, sample grids, export).
+    dist_timeout: float = 300.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -131,6 +134,8 @@ class TrainConfig:
             raise ValueError(f"tau must be a positive sigma (e.g. 0.8) or None, got {self.tau!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
+        if isinstance(self.dist_timeout, bool) or not isinstance(self.dist_timeout, (int, float)) or not 0 < self.dist_timeout < float("inf"):
+            raise ValueError(f"dist_timeout must be a positive number of seconds (e.g. 300), got {self.dist_timeout!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None (no clipping), got {self.grad_clip!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -12,6 +12,7 @@ the objective's math (that is :mod:`cmkit.training.objectives`): per step it
 
 All randomness comes from ``(seed, step)``, so resuming from a checkpoint reproduces an uninterrupted run
 bit for bit on CPU, and P processes match one process with the same global batch up to float rounding.
+SIGTERM and SIGINT stop the run after the current step with a checkpoint (:mod:`cmkit.training.preemption`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -45,8 +46,10 @@ from .config import TrainConfig
 from .distributed import DistContext, setup_distributed
 from .ema import EMA, ema_key
 from .export import export_pipeline
+from .metrics_log import append_metrics, keep_metrics_up_to
 from .objectives.base import Objective
 from .plots import save_image_grid, save_loss_curve, save_scatter
+from .preemption import StopSignals, TrainingStopped
 from .random import StepRandom, step_seed
 
 #: stream of :func:`step_seed` that reseeds the global RNG at every step (dropout and anything else global).
@@ -56,7 +59,10 @@ INFO_FILE = "training_info.json"
 METRICS_FILE = "metrics.jsonl"
 #: fields that may change between a run and its resumption without changing the trained weights.
 RESUMABLE_CHANGES = frozenset(
-    {"save_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "progress", "device", "tau", "scheduler_timesteps"}
+    {
+        "save_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "progress", "device", "tau",
+        "scheduler_timesteps", "dist_timeout",
+    }
 )
 #: fields that may change on resumption, e.g. to extend a run or rescue a diverging one; the result then differs
 #: from a fresh run of either config (schedules such as N(k) and the cosine decay depend on ``steps``).
@@ -137,11 +143,13 @@ class Trainer:
         return path
 
     def resume(self) -> bool:
-        """Load the newest checkpoint of the output directory, if any; returns whether one was loaded."""
-        path = ckpt.latest_checkpoint(self.output_dir)
-        if path is None:
+        """Load the newest good checkpoint of the output directory, if any; returns whether one was loaded.
+
+        A damaged newest checkpoint is skipped with a warning (:func:`~cmkit.training.checkpoint.load_latest_checkpoint`).
+        """
+        saved = ckpt.load_latest_checkpoint(self.output_dir)
+        if saved is None:
             return False
-        saved = ckpt.load_checkpoint(path)
         self.model.load_state_dict(saved.model)
         self.optimizer.load_state_dict(saved.state["optimizer"])
         if self.scaler is not None and saved.state.get("scaler"):
@@ -151,11 +159,7 @@ class Trainer:
             self.ema.load_state_dict(saved.ema)
         self.losses = [float(v) for v in saved.state.get("losses", torch.zeros(0)).tolist()]
         self.start_step = saved.step
-        self.last_checkpoint = path
-        metrics = self.output_dir / METRICS_FILE
-        if self.ctx.is_main and metrics.is_file():  # drop entries logged after the checkpoint
-            kept = [line for line in metrics.read_text().splitlines(True) if json.loads(line)["step"] <= saved.step]
-            atomic_write_text(metrics, "".join(kept))
+        self.last_checkpoint = saved.path
         return True
 
     # ----- one step -------------------------------------------------------------------------------------------
@@ -201,15 +205,23 @@ class Trainer:
 
     # ----- the run --------------------------------------------------------------------------------------------
     def run(self) -> Path:
-        """Train from ``start_step`` to ``config.steps``; export and return the output directory."""
+        """Train from ``start_step`` to ``config.steps``; export and return the output directory.
+
+        SIGTERM or SIGINT during the steps ends the run after the current step (the same step on every process)
+        with a checkpoint, raising :class:`~cmkit.training.preemption.TrainingStopped`.
+        """
         cfg, ctx = self.config, self.ctx
+        if ctx.is_main:  # clean up after a killed run: half-written checkpoints, log entries past the checkpoint
+            ckpt.remove_temporary_dirs(self.output_dir)
+            keep_metrics_up_to(self.output_dir / METRICS_FILE, self.start_step)
         bar = None
         if ctx.is_main and cfg.progress:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"cmkit train {cfg.method}", file=sys.stderr, dynamic_ncols=True)
-        t_start, train_seconds, done, log = time.perf_counter(), 0.0, 0, []
+        t_start, train_seconds, done, stop = time.perf_counter(), 0.0, 0, StopSignals()
         try:
+            stop.install()
             for step in range(self.start_step, cfg.steps):
                 t0 = time.perf_counter()
                 try:
@@ -224,19 +236,22 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", samples_s=f"{rate:.0f}", refresh=False)
-                if k % cfg.log_every == 0 or k == cfg.steps:
+                if (k % cfg.log_every == 0 or k == cfg.steps) and ctx.is_main:
                     # the objective's metrics are this process's own; "loss" is the mean over processes
-                    log.append({"step": k, **metrics, "loss": loss, "lr": learning_rate(cfg, step), "grad_norm": grad_norm, "samples_per_s": rate})
+                    entry = {"step": k, **metrics, "loss": loss, "lr": learning_rate(cfg, step), "grad_norm": grad_norm, "samples_per_s": rate}
+                    append_metrics(self.output_dir / METRICS_FILE, [entry])
+                stop_signal = ctx.max_int(stop.received)  # the processes agree: all stop after the same step
+                if stop_signal:
+                    raise TrainingStopped(stop_signal, k, self._save_or_stop(k), self.output_dir)
                 if cfg.save_every and k % cfg.save_every == 0 and k < cfg.steps:
-                    self._flush_log(log)
                     self._save_or_stop(k)
                 if cfg.sample_every and k % cfg.sample_every == 0 and k < cfg.steps and ctx.is_main:
                     self.save_samples(k)
         finally:
+            stop.restore()
             if bar is not None:
                 bar.close()
             if ctx.is_main and self.losses:
-                self._flush_log(log)
                 save_loss_curve(self.losses, self.output_dir / "loss.png", title=f"{cfg.method} on {cfg.data.spec()}")
         seconds = time.perf_counter() - t_start
         if self.start_step < cfg.steps or self.last_checkpoint is None:
@@ -263,13 +278,6 @@ class Trainer:
             f"{what}; training stopped. Try a lower learning rate (now {self.config.lr}), gradient clipping, a longer "
             f"warm-up, or bf16/fp32 instead of fp16. {where}."
         )
-
-    def _flush_log(self, log: list[dict[str, Any]]) -> None:
-        if self.ctx.is_main and log:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.output_dir / METRICS_FILE, "a") as fh:
-                fh.writelines(json.dumps(entry) + "\n" for entry in log)
-            log.clear()
 
     # ----- evaluation and export ------------------------------------------------------------------------------
     def eval_model(self) -> nn.Module:
@@ -351,14 +359,27 @@ def _check_resumable(saved: TrainConfig, new: TrainConfig) -> None:
         )
 
 
+def _check_output_dir(out: Path, resume: bool) -> None:
+    """A new run needs a directory without checkpoints; ``resume`` needs one with a checkpoint."""
+    has_run = ckpt.latest_checkpoint(out) is not None
+    if has_run and not resume:
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another output directory")
+    if resume and not has_run:
+        what = "does not exist" if not out.exists() else f"holds no checkpoint (nothing complete in {out / ckpt.CHECKPOINTS})"
+        raise ValueError(f"cannot resume {out}: the directory {what}; drop --resume to start a new run there, or check --output")
+
+
 def train(config: TrainConfig, *, resume: bool = False) -> Path:
-    """Train as ``config`` says (on every process torchrun started) and return the output directory."""
-    ctx = setup_distributed(config.device)
+    """Train as ``config`` says (on every process torchrun started) and return the output directory.
+
+    Raises :class:`~cmkit.training.preemption.TrainingStopped` when SIGTERM / SIGINT stopped the run early (a
+    checkpoint was written; ``resume=True`` continues it).
+    """
+    out = Path(config.output_dir)
+    _check_output_dir(out, resume)
+    ctx = setup_distributed(config.device, config.dist_timeout)
     try:
-        out = Path(config.output_dir)
         saved_config = out / CONFIG_FILE
-        if ckpt.latest_checkpoint(out) is not None and not resume:
-            raise ValueError(f"{out} already holds a run; pass --resume to continue it, or choose another output directory")
         if resume and saved_config.is_file():
             _check_resumable(TrainConfig.from_json(saved_config), config)
         data = build_data(config)
@@ -368,8 +389,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
         ctx.broadcast_module(model)
         objective = build_objective(config, model, teacher)
         trainer = Trainer(config, objective, data, ctx)
-        if resume and not trainer.resume() and ctx.is_main:
-            print(f"cmkit train: no checkpoint in {out}; starting from step 0", file=sys.stderr)
+        if resume:
+            trainer.resume()
         if ctx.is_main:
             out.mkdir(parents=True, exist_ok=True)
             config.to_json(saved_config)
