@@ -187,11 +187,15 @@ def test_every_edit_matches_the_cpu(device):
     mask[2:6, 2:6] = 1
     edits = {
         "inpaint": lambda p, g: p.inpaint(image, mask, num_inference_steps=2, generator=g, output_type="pt"),
-        "super_resolve": lambda p, g: p.super_resolve(image[:, ::2, ::2], 2, num_inference_steps=2, generator=g, output_type="pt"),
+        "super_resolve": lambda p, g: p.super_resolve(
+            image[:, ::2, ::2], 2, num_inference_steps=2, generator=g, output_type="pt"
+        ),
         "denoise": lambda p, g: p.denoise(image, 0.5, generator=g, output_type="pt"),
         "stroke_edit": lambda p, g: p.stroke_edit(image, 2.0, generator=g, output_type="pt"),
         "interpolate": lambda p, g: p.interpolate(num_images=3, generator=g, output_type="pt"),
-        "interpolate_images": lambda p, g: p.interpolate(image, image.flip(-1), num_images=3, sigma=2.0, generator=g, output_type="pt"),
+        "interpolate_images": lambda p, g: p.interpolate(
+            image, image.flip(-1), num_images=3, sigma=2.0, generator=g, output_type="pt"
+        ),
     }
     cpu, pipe = _pipeline("cpu"), _pipeline(device)
     for name, run in edits.items():

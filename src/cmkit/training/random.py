@@ -65,9 +65,10 @@ class StepRandom:
         return self._slice(draw, device)
 
     def choice(self, probs: Tensor, *shape: int, device: torch.device | str | None = None) -> Tensor:
-        """Indices drawn from the categorical ``probs``, shape ``[local_batch, *shape]``, on ``device`` (as :meth:`randint`)."""
-        n = math.prod(shape)
-        idx = torch.multinomial(probs.detach().cpu().double(), self.global_batch * n, replacement=True, generator=self._generator)
+        """Indices drawn from the categorical ``probs``, shape ``[local_batch, *shape]``, on ``device`` (as randint)."""
+        weights = probs.detach().cpu().double()  # moved before the cast: MPS has no float64
+        count = self.global_batch * math.prod(shape)
+        idx = torch.multinomial(weights, count, replacement=True, generator=self._generator)
         return self._slice(idx.reshape(self.global_batch, *shape) if shape else idx, device)
 
     def dropout_seed(self, stream: int = 1) -> int:
