@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cmkit-installed
 
-.PHONY: test demo install bench clean
+.PHONY: test demo install bench gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sampling_speed.py
+
+# On a CUDA machine (with a CUDA build of torch, e.g. `make gpu-check TORCH_SPEC=torch`): parity with diffusers,
+# bf16/fp16 training, torchrun + NCCL, torch.compile and sampling speed as one markdown table (sized for ~6 min on
+# one H200; see docs/speed.md). Without CUDA it prints "skipped: no CUDA device" and exits 2.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

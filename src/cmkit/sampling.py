@@ -7,7 +7,7 @@ descending tensors, e.g. from :func:`cmkit.karras.karras_sigmas`.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -20,6 +20,13 @@ DenoiseFn = Callable[..., Tensor]
 
 def _sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
     return torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0]).clone()
+
+
+def cpu_float64(values: Tensor | Sequence[float]) -> Tensor:
+    """``values`` (sigmas, interpolation weights) as a float64 CPU tensor, moved before the cast: MPS has no float64."""
+    if isinstance(values, Tensor):
+        values = values.detach().cpu()
+    return torch.as_tensor(values, dtype=torch.float64)
 
 
 def _denoise(model: DenoiseFn, x: Tensor, sigma: Tensor | float, class_labels: Optional[Tensor]) -> Tensor:
@@ -43,7 +50,7 @@ def sample_consistency(
     Each step maps to data with ``f(x, sigma_i)``, optionally clamps to [-1, 1], and re-noises to
     ``sigma_{i+1}`` with ``sqrt(sigma_{i+1}^2 - eps^2) z``. One sigma is one-step generation.
     """
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    sigmas = cpu_float64(sigmas)
     for i, sigma in enumerate(sigmas):
         denoised = _denoise(model, x, float(sigma), class_labels)
         if clip_denoised:
@@ -103,7 +110,7 @@ def sample_heun(
     for the common signature.
     """
     del generator
-    host = torch.as_tensor(sigmas, dtype=torch.float32, device="cpu")  # decides Heun or Euler without a device sync
+    host = cpu_float64(sigmas).to(torch.float32)  # decides Heun or Euler without a device sync
     sigmas = host.to(x.device)
     for i in range(len(sigmas) - 1):
         step = heun_step if host[i + 1] > 0 else euler_step

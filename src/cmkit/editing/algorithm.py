@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..karras import SIGMA_MAX, SIGMA_MIN, renoise
 from ..rng import GeneratorArg, randn
+from ..sampling import cpu_float64
 from .transforms import OrthogonalTransform
 
 ConsistencyFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
@@ -29,7 +30,7 @@ _RANGE_RTOL = 1e-5
 
 def check_sigmas(sigmas: Tensor, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> Tensor:
     """Validate a strictly descending, non-empty 1-d sigma sequence inside ``[sigma_min, sigma_max]``; float64."""
-    s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+    s = cpu_float64(sigmas)
     if s.ndim != 1 or s.numel() == 0:
         raise ValueError(f"sigmas must be a non-empty 1-d sequence, got shape {tuple(s.shape)}")
     if not torch.isfinite(s).all():

@@ -16,6 +16,7 @@ from ..karras import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
 from ..models.denoiser import Denoiser
 from ..postprocess import OutputType, check_output_type, postprocess
 from ..rng import GeneratorArg, randn
+from ..sampling import cpu_float64
 from .inputs import ImageInput, load_image, load_mask
 from .presets import (
     EditTask,
@@ -100,7 +101,7 @@ class EditingMixin:
             steps = DEFAULT_STEPS[task_name] if num_inference_steps is None else num_inference_steps
             schedule = task.sigmas(steps, cfg["sigma_min"], cfg["sigma_max"], cfg["rho"])
         else:
-            schedule = torch.as_tensor(list(sigmas) if not isinstance(sigmas, Tensor) else sigmas, dtype=torch.float64)
+            schedule = cpu_float64(sigmas if isinstance(sigmas, Tensor) else list(sigmas))
         device = self.device  # type: ignore[attr-defined]
         batch = task.reference.shape[0]
         self.require_batch_fits(batch, tuple(task.reference.shape[1:]))  # type: ignore[attr-defined]
@@ -259,7 +260,8 @@ class EditingMixin:
         return_dict: bool = True,
     ):
         """Stroke-guided editing (SDEdit): noise a stroke painting to ``sigma`` and let the model make it realistic."""
-        strokes = self._load(image)
+        # on the pipeline's device, so that a generator there can draw the noise (a CPU generator still can)
+        strokes = self._load(image).to(self.device)  # type: ignore[attr-defined]
         self._check_sigma(sigma)
         task = stroke_editing(strokes, float(sigma), generator)
         return self._run(task, "stroke_edit", num_inference_steps, sigmas, class_labels, generator, output_type,
@@ -300,13 +302,16 @@ class EditingMixin:
         if first is None:
             level = cfg["sigma_max"] if sigma is None else float(sigma)
             shape = (1, channels, height, width)
-            z0 = randn(shape, generator=generator, dtype=torch.float32)
-            z1 = randn(shape, generator=generator, dtype=torch.float32)
+            # a generator on the pipeline's device draws there; a CPU generator draws the same noise on any device
+            device = self.device  # type: ignore[attr-defined]
+            z0 = randn(shape, generator=generator, device=device, dtype=torch.float32)
+            z1 = randn(shape, generator=generator, device=device, dtype=torch.float32)
             task = interpolation(z0, z1, num_images, level, kind="noise")
         else:
             if sigma is None:
                 raise ValueError("interpolating between images needs sigma, the noise level of their latents (e.g. 2.0)")
-            a, b = self._load(first, "first"), self._load(second, "second")
+            device = self.device  # type: ignore[attr-defined]
+            a, b = self._load(first, "first").to(device), self._load(second, "second").to(device)
             if a.shape[0] != 1 or b.shape[0] != 1:
                 raise ValueError("interpolate takes one first image and one second image")
             task = interpolation(a, b, num_images, float(sigma), generator, kind="images")

@@ -18,6 +18,7 @@ from torch import Tensor
 from ..karras import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
 from ..limits import MAX_GRID_POINTS, require_int
 from ..rng import GeneratorArg, randn
+from ..sampling import cpu_float64
 from .algorithm import ConsistencyFn, check_mask, check_sigmas, edit
 from .transforms import LUMA_WEIGHTS, ColorTransform, IdentityTransform, OrthogonalTransform, PatchTransform
 
@@ -121,15 +122,16 @@ def slerp(first: Tensor, second: Tensor, alpha: Tensor) -> Tensor:
     """Spherical interpolation between two same-shape tensors (flattened), one output per value in ``alpha``."""
     if first.shape != second.shape:
         raise ValueError(f"cannot interpolate between shapes {tuple(first.shape)} and {tuple(second.shape)}")
-    a, b = first.flatten().double(), second.flatten().double()
+    # in float64 on the CPU (MPS has no float64); the result goes back to the inputs' device and dtype
+    a, b = first.flatten().cpu().double(), second.flatten().cpu().double()
     cos = (a @ b) / (a.norm() * b.norm()).clamp_min(1e-30)
     theta = torch.arccos(cos.clamp(-1.0, 1.0))
-    t = torch.as_tensor(alpha, dtype=torch.float64).flatten()[:, None]
+    t = cpu_float64(alpha).flatten()[:, None]
     if float(theta.sin()) < 1e-6:  # (anti)parallel: fall back to linear interpolation
         out = (1 - t) * a + t * b
     else:
         out = (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / torch.sin(theta)
-    return out.to(first.dtype).reshape(-1, *first.shape)
+    return out.to(first.dtype).to(first.device).reshape(-1, *first.shape)
 
 
 def interpolation(

@@ -31,11 +31,16 @@ def balanced_class_labels(num_samples: int = DRAW_SIZE) -> Tensor:
     return torch.arange(NUM_CLASSES).repeat_interleave(num_samples // NUM_CLASSES)
 
 
+def _device_of(model: DigitsClassifier) -> torch.device:
+    """Where the classifier's weights are: samples generated on another device are moved there."""
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, batch_size: int = 1024) -> Tensor:
     """Penultimate classifier features ``[N, D]`` of ``[N, 1, H, W]`` images in [-1, 1]."""
     model = classifier or load_digits_classifier()
-    x = to_classifier_input(images)
+    x = to_classifier_input(images).to(_device_of(model))
     return torch.cat([model.features(chunk) for chunk in x.split(batch_size)]) if len(x) else x.new_zeros(0, 0)
 
 
@@ -43,14 +48,15 @@ def digits_features(images: Tensor, classifier: DigitsClassifier | None = None, 
 def classifier_accuracy(samples: Tensor, labels: Tensor, classifier: DigitsClassifier | None = None) -> float:
     """Fraction of ``samples`` that the classifier assigns to the requested class ``labels``."""
     model = classifier or load_digits_classifier()
-    labels = torch.as_tensor(labels).to(torch.int64).flatten()
-    x = to_classifier_input(samples)
+    device = _device_of(model)
+    labels = torch.as_tensor(labels).to(device=device, dtype=torch.int64).flatten()
+    x = to_classifier_input(samples).to(device)
     if labels.shape[0] != x.shape[0]:
         raise ValueError(f"got {x.shape[0]} samples but {labels.shape[0]} labels; pass one label per sample")
     if x.shape[0] == 0:
         raise ValueError("classifier_accuracy needs at least one sample")
     predictions = torch.cat([model(chunk).argmax(dim=1) for chunk in x.split(1024)])
-    return float((predictions == labels).to(torch.float64).mean())
+    return int((predictions == labels).sum()) / x.shape[0]  # counted exactly, no float64 on the device
 
 
 @lru_cache(maxsize=2)

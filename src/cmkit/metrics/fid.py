@@ -98,7 +98,7 @@ def inception_features(
     """2048-d Inception pool features ``[N, 2048]`` (float64) of ``[N, C, H, W]`` images (see :func:`to_uint8_rgb`)."""
     x = to_uint8_rgb(images)
     model = load_inception(str(resolve_inception_weights(weights_path))).to(device)
-    chunks = [model(chunk.to(device))[0].to("cpu", torch.float64) for chunk in x.split(batch_size)]
+    chunks = [model(chunk.to(device))[0].cpu().to(torch.float64) for chunk in x.split(batch_size)]
     return torch.cat(chunks)
 
 

@@ -21,7 +21,8 @@ ArrayLike = Tensor | np.ndarray
 
 
 def _as_float64(x: ArrayLike, name: str) -> Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).detach().to("cpu", torch.float64)
+    # moved before the cast: MPS has no float64
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, Tensor) else x).detach().cpu().to(torch.float64)
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or infinite values; check the samples it was computed from")
     return t

@@ -34,8 +34,8 @@ def projection_directions(dim: int, num_directions: int = NUM_DIRECTIONS, seed: 
 
 def sliced_wasserstein(samples: Tensor, reference: Tensor, directions: Tensor | None = None) -> float:
     """Mean over directions of the 1-D Wasserstein-1 distance between projections of two ``[N, D]`` sets."""
-    x = torch.as_tensor(samples).detach().to("cpu", torch.float64)
-    y = torch.as_tensor(reference).detach().to("cpu", torch.float64)
+    x = torch.as_tensor(samples).detach().cpu().to(torch.float64)  # cast on the CPU: MPS has no float64
+    y = torch.as_tensor(reference).detach().cpu().to(torch.float64)
     if x.ndim != 2 or y.ndim != 2 or x.shape != y.shape:
         raise ValueError(
             f"samples and reference must both be [N, D] with the same N and D, got {tuple(x.shape)} and "

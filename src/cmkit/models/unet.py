@@ -326,6 +326,8 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
     def _timesteps(self, timestep: Union[Tensor, float, int], batch: int, device: torch.device) -> Tensor:
         """A 1-d tensor of ``batch`` timesteps from a number, a 0-d tensor, or a 1-d tensor of length 1 or ``batch``."""
         if torch.is_tensor(timestep):
+            if timestep.dtype == torch.float64 and device.type == "mps":
+                timestep = timestep.float()  # MPS has no float64 (the embedding is float32 anyway)
             t = timestep.to(device)
             if t.ndim == 0:
                 t = t[None]
@@ -367,8 +369,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
                 raise ValueError(
                     "this UNet is class-conditional (num_class_embeds or class_embed_type is set); pass class_labels"
                 )
-            if not torch.is_tensor(class_labels):
-                class_labels = torch.as_tensor(class_labels, device=sample.device)
+            class_labels = torch.as_tensor(class_labels, device=sample.device)  # labels made on the CPU move too
             if self._class_embed_type == "timestep":
                 class_labels = self._project_time(class_labels).to(param_dtype)
             emb = emb + self.class_embedding(class_labels).to(param_dtype)

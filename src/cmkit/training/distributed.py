@@ -78,11 +78,12 @@ class DistContext:
 
     def mean(self, value: Tensor) -> Tensor:
         """The mean of ``value`` over processes, as a float64 CPU tensor (NCCL reduces it on the GPU)."""
+        if not self.distributed:  # no float64 on the device: MPS has none
+            return value.detach().cpu().to(torch.float64)
         value = value.detach().to(device=self.device, dtype=torch.float64).clone()
-        if self.distributed:
-            with self._collective("averaging the loss (all_reduce)"):
-                dist.all_reduce(value)
-            value /= self.world_size
+        with self._collective("averaging the loss (all_reduce)"):
+            dist.all_reduce(value)
+        value /= self.world_size
         return value.cpu()
 
     def max_int(self, value: int) -> int:

@@ -7,6 +7,7 @@ and resuming at step k needs no saved RNG state.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -44,8 +45,8 @@ class StepRandom:
             )
         self._generator = torch.Generator().manual_seed(step_seed(self.seed, self.step))
 
-    def _slice(self, t: Tensor) -> Tensor:
-        return t[self.offset : self.offset + self.local_batch].to(self.device)
+    def _slice(self, t: Tensor, device: torch.device | str | None = None) -> Tensor:
+        return t[self.offset : self.offset + self.local_batch].to(self.device if device is None else device)
 
     def randn(self, *shape: int) -> Tensor:
         """Standard normal of shape ``[local_batch, *shape]``."""
@@ -55,15 +56,20 @@ class StepRandom:
         """Uniform [0, 1) of shape ``[local_batch, *shape]``."""
         return self._slice(torch.rand((self.global_batch, *shape), generator=self._generator))
 
-    def randint(self, high: int, *shape: int) -> Tensor:
-        """Integers in ``[0, high)`` of shape ``[local_batch, *shape]``."""
-        return self._slice(torch.randint(0, high, (self.global_batch, *shape), generator=self._generator))
+    def randint(self, high: int, *shape: int, device: torch.device | str | None = None) -> Tensor:
+        """Integers in ``[0, high)`` of shape ``[local_batch, *shape]``, on ``device`` (default: :attr:`device`).
 
-    def choice(self, probs: Tensor, *shape: int) -> Tensor:
-        """Indices drawn from the categorical ``probs``, shape ``[local_batch, *shape]``."""
-        n = int(torch.tensor(shape).prod().item()) if shape else 1
-        idx = torch.multinomial(probs.double().cpu(), self.global_batch * n, replacement=True, generator=self._generator)
-        return self._slice(idx.reshape(self.global_batch, *shape) if shape else idx)
+        Indices into a table kept on the CPU (a float64 sigma grid) should stay there: ``device=table.device``.
+        """
+        draw = torch.randint(0, high, (self.global_batch, *shape), generator=self._generator)
+        return self._slice(draw, device)
+
+    def choice(self, probs: Tensor, *shape: int, device: torch.device | str | None = None) -> Tensor:
+        """Indices drawn from the categorical ``probs``, shape ``[local_batch, *shape]``, on ``device`` (as randint)."""
+        weights = probs.detach().cpu().double()  # moved before the cast: MPS has no float64
+        count = self.global_batch * math.prod(shape)
+        idx = torch.multinomial(weights, count, replacement=True, generator=self._generator)
+        return self._slice(idx.reshape(self.global_batch, *shape) if shape else idx, device)
 
     def dropout_seed(self, stream: int = 1) -> int:
         """A seed for dropout masks that must repeat across two passes of one step (iCT / ECT).

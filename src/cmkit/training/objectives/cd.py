@@ -28,7 +28,7 @@ from .common import (
     ema_update_,
     follow_device_,
     frozen_copy,
-    per_sample,
+    grid_pair,
     set_dropout_,
 )
 
@@ -90,9 +90,8 @@ class CDObjective:
         check_batch(x0, rng)
         follow_device_(self.teacher, x0.device)
         follow_device_(self.target, x0.device)
-        n = rng.randint(self.options.num_scales - 1)
-        sigma_hi = per_sample(self.sigmas[n], x0)
-        sigma_lo = per_sample(self.sigmas[n + 1], x0)
+        n = rng.randint(self.options.num_scales - 1, device=self.sigmas.device)
+        sigma_hi, sigma_lo = grid_pair(self.sigmas, n, x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
         x_hi = x0 + append_dims(sigma_hi, x0.ndim) * z
         x_lo = self.teacher_step(x_hi, sigma_hi, sigma_lo, class_labels)

@@ -90,8 +90,11 @@ def follow_device_(module: Optional[nn.Module], device: torch.device) -> None:
 @contextmanager
 def seeded_dropout(seed: int, device: torch.device) -> Iterator[None]:
     """Run a block with the global RNG seeded to ``seed`` and restore it after: the same dropout mask twice (iCT)."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    if device.type in ("cuda", "mps"):  # fork that accelerator's generator too, so dropout there repeats as well
+        forked = torch.random.fork_rng(devices=[device], device_type=device.type)
+    else:
+        forked = torch.random.fork_rng(devices=[])
+    with forked:
         torch.manual_seed(seed)
         yield
 
@@ -108,5 +111,18 @@ def check_batch(x0: Tensor, rng: StepRandom) -> None:
 
 
 def per_sample(value: Tensor, x: Tensor) -> Tensor:
-    """A ``[B]`` float32 tensor on ``x``'s device (sigmas are drawn in float64)."""
-    return value.to(device=x.device, dtype=torch.float32)
+    """A ``[B]`` float32 tensor on ``x``'s device (sigmas are drawn in float64).
+
+    The cast happens before the move: MPS has no float64, so a float64 tensor may not reach it even briefly.
+    """
+    return value.to(dtype=torch.float32).to(device=x.device)
+
+
+def grid_pair(sigmas: Tensor, index: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(sigmas[index], sigmas[index + 1])`` of a descending grid as per-sample float32 tensors on ``x``'s device.
+
+    The grid stays where it was built (the CPU, in float64) and is indexed there: CUDA refuses CPU tensors
+    indexed by device tensors and MPS has no float64. Draw ``index`` with ``device=sigmas.device`` to avoid a copy.
+    """
+    index = index.to(sigmas.device)
+    return per_sample(sigmas[index], x), per_sample(sigmas[index + 1], x)

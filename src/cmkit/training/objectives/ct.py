@@ -20,7 +20,7 @@ from ..losses import LossName, make_distance
 from ..random import StepRandom
 from ..schedules import ct_num_scales, ct_target_ema, training_grid
 from .base import ObjectiveOutput
-from .common import check_batch, ema_update_, follow_device_, frozen_copy, per_sample
+from .common import check_batch, ema_update_, follow_device_, frozen_copy, grid_pair
 
 
 @dataclass
@@ -77,9 +77,8 @@ class CTObjective:
         follow_device_(self.target, x0.device)
         num = self.num_scales(step)
         sigmas = self.grid(num)
-        n = rng.randint(num - 1)
-        sigma_hi = per_sample(sigmas[n], x0)
-        sigma_lo = per_sample(sigmas[n + 1], x0)
+        n = rng.randint(num - 1, device=sigmas.device)
+        sigma_hi, sigma_lo = grid_pair(sigmas, n, x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
         with torch.no_grad():
             self.target.train(self.model.training)

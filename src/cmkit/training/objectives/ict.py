@@ -23,7 +23,7 @@ from ..losses import LossName, make_distance
 from ..random import StepRandom
 from ..schedules import ict_num_scales, lognormal_pair_probs, training_grid
 from .base import ObjectiveOutput
-from .common import check_batch, per_sample, seeded_dropout
+from .common import check_batch, grid_pair, per_sample, seeded_dropout
 
 
 @dataclass
@@ -75,9 +75,10 @@ class ICTObjective:
         check_batch(x0, rng)
         num = self.num_scales(step)
         sigmas, probs = self.grid_and_probs(num)
-        i = rng.choice(probs)
-        sigma_hi = per_sample(sigmas[i], x0)
-        sigma_lo = per_sample(sigmas[i + 1], x0)
+        i = rng.choice(probs, device=sigmas.device)
+        sigma_hi, sigma_lo = grid_pair(sigmas, i, x0)
+        # lambda = 1 / (sigma_i - sigma_{i+1}) is formed in float64 before the cast: adjacent sigmas near sigma_min
+        # are so close that their float32 difference would lose digits
         weight = per_sample(1.0 / (sigmas[i] - sigmas[i + 1]), x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
         seed = rng.dropout_seed()
