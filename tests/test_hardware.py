@@ -69,6 +69,8 @@ def test_cpu_info_is_consistent():
     assert info.model_name and info.threads == torch.get_num_threads()
     assert info.model_name in info.describe() and info.aten_capability in info.describe()
     assert not info.native_bf16 or info.onednn_bf16  # native bf16 implies oneDNN runs its bf16 kernels
+    if info.avx512_bf16 and not info.native_bf16:
+        assert "without AMX" in info.describe()
     assert prepack.packs(torch.bfloat16) == (info.onednn_bf16 and prepack._AVAILABLE)
     assert not prepack.packs(torch.float16)
 
@@ -100,9 +102,9 @@ def test_avx2_cap_takes_the_fallback_and_matches(tmp_path):
         assert float(diff) <= tol, (dtype, float(diff))
 
 
-@pytest.mark.skipif(not cpu_info().native_bf16, reason="needs a CPU with native bfloat16 (AVX-512-BF16 or AMX)")
-def test_a_cap_below_native_bf16_picks_float32(tmp_path):
-    capped = _probe(tmp_path, "avx512core", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE"})
+@pytest.mark.skipif(not cpu_info().onednn_bf16, reason="needs a CPU where oneDNN runs bf16 (AVX-512 or AVX-NE-CONVERT)")
+def test_a_cap_below_amx_picks_float32(tmp_path):
+    capped = _probe(tmp_path, "avx512core", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"})
     assert capped["info"]["onednn_bf16"] and not capped["info"]["native_bf16"]  # bf16 runs, but emulated
     assert capped["auto"] == "torch.float32" and capped["packs_bf16"]
 
