@@ -32,7 +32,7 @@ from cmkit.training.config import TrainConfig
 from cmkit.training.distributed import DistContext
 from cmkit.training.loop import Trainer
 from cmkit.training.objectives import METHODS, build_objective
-from cmkit.training.random import StepRandom
+from cmkit.streams import StepRandom
 
 ACCELERATORS = [
     pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),

@@ -15,7 +15,7 @@ from cmkit.training.objectives import (
     Objective,
     build_objective,
 )
-from cmkit.training.random import StepRandom
+from cmkit.streams import StepRandom
 from cmkit.training.schedules import ct_num_scales, ct_target_ema
 
 B = 32

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from cmkit.training.random import StepRandom, step_seed
+from cmkit.streams import StepRandom, step_seed
 
 
 def test_slices_of_one_global_draw():
@@ -22,3 +22,13 @@ def test_depends_on_seed_and_step_only():
 def test_bad_slice():
     with pytest.raises(ValueError, match="does not fit"):
         StepRandom(0, 0, 4, offset=3, local_batch=2)
+
+
+def test_data_does_not_import_training():
+    """The random streams sit below both data and training: importing the data sources loads no training module."""
+    import subprocess
+    import sys
+
+    code = "import sys, cmkit.data, cmkit.data.folder; print(sorted(m for m in sys.modules if m.startswith('cmkit.training')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"

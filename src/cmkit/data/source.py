@@ -13,9 +13,9 @@ from typing import Callable, Literal, Optional, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ..training.random import step_seed
+from ..streams import step_seed
 
-#: independent random streams of :func:`cmkit.training.random.step_seed` used for data (objectives use stream 0).
+#: independent random streams of :func:`cmkit.streams.step_seed` used for data (objectives use stream 0).
 DATA_STREAM = 11
 FLIP_STREAM = 12
 

@@ -5,7 +5,7 @@ directory; :class:`Trainer` runs a loop around an objective you built yourself. 
 the objective's math (that is :mod:`cmkit.training.objectives`): per step it
 
 1. takes this process's slice of the global batch of step ``k`` (a function of ``(seed, k)``),
-2. builds the step's :class:`~cmkit.training.random.StepRandom` and reseeds the global RNG from ``(seed, k)``,
+2. builds the step's :class:`~cmkit.streams.StepRandom` and reseeds the global RNG from ``(seed, k)``,
 3. evaluates the loss under autocast (bf16 / fp16), back-propagates (fp16 through a ``GradScaler``),
 4. averages gradients over processes, clips their norm, steps RAdam / Adam with warm-up and optional
    cosine decay, then lets the objective update its target and updates the EMAs.
@@ -50,7 +50,7 @@ from .metrics_log import append_metrics, keep_metrics_up_to
 from .objectives.base import Objective
 from .plots import save_image_grid, save_loss_curve, save_scatter
 from .preemption import StopSignals, TrainingStopped
-from .random import StepRandom, step_seed
+from ..streams import StepRandom, step_seed
 
 #: stream of :func:`step_seed` that reseeds the global RNG at every step (dropout and anything else global).
 GLOBAL_RNG_STREAM = 13

@@ -12,7 +12,7 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from ..random import StepRandom
+from ...streams import StepRandom
 
 
 @dataclass

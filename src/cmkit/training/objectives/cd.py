@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
 from ...sampling import euler_step, heun_step
 from ..losses import LossName, make_distance
-from ..random import StepRandom
+from ...streams import StepRandom
 from ..schedules import training_grid
 from .base import ObjectiveOutput
 from .common import (

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Mapping, Optional, TypeVar
 import torch
 from torch import Tensor, nn
 
-from ..random import StepRandom
+from ...streams import StepRandom
 
 O = TypeVar("O")
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
 from ..losses import LossName, make_distance
-from ..random import StepRandom
+from ...streams import StepRandom
 from ..schedules import ct_num_scales, ct_target_ema, training_grid
 from .base import ObjectiveOutput
 from .common import check_batch, ema_update_, follow_device_, frozen_copy, grid_pair

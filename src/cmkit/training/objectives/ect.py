@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ...karras import SIGMA_MAX, SIGMA_MIN, append_dims
 from ..losses import LossName, make_distance
-from ..random import StepRandom
+from ...streams import StepRandom
 from ..schedules import ect_r, ect_stage
 from .base import ObjectiveOutput
 from .common import check_batch, copy_teacher_weights_, seeded_dropout

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ...karras import append_dims
-from ..random import StepRandom
+from ...streams import StepRandom
 from .base import ObjectiveOutput
 from .common import check_batch, per_sample
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
 from ..losses import LossName, make_distance
-from ..random import StepRandom
+from ...streams import StepRandom
 from ..schedules import ict_num_scales, lognormal_pair_probs, training_grid
 from .base import ObjectiveOutput
 from .common import check_batch, grid_pair, per_sample, seeded_dropout
