@@ -263,3 +263,29 @@ def test_tiny_overfit_loss_decreases(method):
     with torch.no_grad():
         end = sum(loss_at(k).item() for k in range(4))
     assert end < 0.9 * start, (start, end)
+
+
+def test_method_registry_is_the_one_method_list():
+    import typing
+
+    from cmkit.training.config import TrainConfig
+    from cmkit.training.objectives import METHOD_SPECS, METHODS, TEACHER_METHODS, BaseObjective, TargetObjective
+
+    assert METHODS == tuple(METHOD_SPECS) == ("edm", "cd", "ct", "ict", "ect")
+    assert TEACHER_METHODS == ("cd", "ect")
+    assert typing.get_args(typing.get_type_hints(TrainConfig)["method"]) == METHODS
+    assert {m for m, s in METHOD_SPECS.items() if s.takes_run_length} == {"ct", "ict"}
+    assert {m: s.parameterization for m, s in METHOD_SPECS.items()}["edm"] == "edm"
+    # the no-op hooks live in one base; only methods with a target network override them
+    for method, spec in METHOD_SPECS.items():
+        assert issubclass(spec.objective, BaseObjective)
+        stateful = issubclass(spec.objective, TargetObjective)
+        assert stateful == (method in ("cd", "ct"))
+        for hook in ("after_optimizer_step", "state_dict", "load_state_dict"):
+            owner = TargetObjective if stateful else BaseObjective
+            assert getattr(spec.objective, hook) is getattr(owner, hook), (method, hook)
+
+
+def test_ct_target_missing_from_a_checkpoint_is_named():
+    with pytest.raises(ValueError, match=r"lacks the CT target network \('target'\); was it saved by a CT run"):
+        _build("ct").load_state_dict({})

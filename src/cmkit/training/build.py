@@ -12,24 +12,15 @@ from typing import Any, Optional
 from torch import nn
 
 from ..data import DataSource, build_dataset
-from ..karras import Parameterization
 from ..models.denoiser import Denoiser
 from ..pipeline_io import PARAMETERIZATION_KEY
 from .config import TrainConfig
-from .objectives.base import Objective
-
-#: methods whose objective takes the run length K (``total_steps``) for its N(k) schedule.
-_TOTAL_STEPS_METHODS = ("ct", "ict")
+from .objectives import Objective, method_spec
 
 
 def build_data(config: TrainConfig) -> DataSource:
     """The training data described by ``config.data``."""
     return build_dataset(**dataclasses.asdict(config.data))
-
-
-def parameterization_of(method: str) -> Parameterization:
-    """``edm`` for the diffusion teacher, ``consistency`` for every consistency method."""
-    return "edm" if method == "edm" else "consistency"
 
 
 def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
@@ -103,7 +94,7 @@ def build_model(config: TrainConfig, data: DataSource, teacher: Optional[Denoise
     else:
         net = build_network(config, data)
     require_training_fits(config, data, net)
-    return Denoiser(net, parameterization_of(config.method))
+    return Denoiser(net, method_spec(config.method).parameterization)
 
 
 def require_training_fits(config: TrainConfig, data: DataSource, net: nn.Module) -> None:
@@ -136,17 +127,20 @@ def require_training_fits(config: TrainConfig, data: DataSource, net: nn.Module)
 def objective_options(config: TrainConfig) -> dict[str, Any]:
     """The objective's keyword options: ``config.objective_options`` plus the run length for CT / iCT."""
     options = dict(config.objective_options)
-    if config.method in _TOTAL_STEPS_METHODS:
+    if method_spec(config.method).takes_run_length:
         options.setdefault("total_steps", config.steps)
     return options
 
 
 def build_objective(config: TrainConfig, model: Denoiser, teacher: Optional[Denoiser]) -> Objective:
     """The objective of ``config.method`` around ``model`` (see :mod:`cmkit.training.objectives`)."""
+    from .objectives import TEACHER_METHODS
     from .objectives import build_objective as factory
 
-    if teacher is not None and config.method not in ("cd", "ect"):
-        raise ValueError(f"method {config.method!r} does not use a teacher; drop --teacher (CD and ECT use one)")
+    if teacher is not None and config.method not in TEACHER_METHODS:
+        raise ValueError(
+            f"method {config.method!r} does not use a teacher; drop --teacher ({', '.join(TEACHER_METHODS)} use one)"
+        )
     return factory(config.method, model, teacher=teacher, **objective_options(config))
 
 

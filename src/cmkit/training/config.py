@@ -17,16 +17,13 @@ from typing import Any, Literal, Optional, Union
 from ..data import DataKind
 from ..data.folder import ResizeMode
 from ..io.atomic import atomic_write_text
+from .objectives import TEACHER_METHODS, Method
 
-Method = Literal["edm", "cd", "ct", "ict", "ect"]
 Precision = Literal["fp32", "bf16", "fp16"]
 OptimizerName = Literal["radam", "adam"]
 LRSchedule = Literal["constant", "cosine"]
 ExportWeights = Literal["ema", "online"]
 Device = Literal["auto", "cpu", "cuda"]
-
-#: methods that need a teacher (a trained EDM denoiser) and start from its weights.
-TEACHER_METHODS: tuple[str, ...] = ("cd", "ect")
 
 
 @dataclass

@@ -39,7 +39,6 @@ from .build import (
     build_model,
     build_objective,
     load_teacher,
-    parameterization_of,
     scheduler_num_timesteps,
 )
 from .config import TrainConfig
@@ -47,7 +46,7 @@ from .distributed import DistContext, setup_distributed
 from .ema import EMA, ema_key
 from .export import export_pipeline
 from .metrics_log import append_metrics, keep_metrics_up_to
-from .objectives.base import Objective
+from .objectives import Objective, method_spec
 from .plots import save_image_grid, save_loss_curve, save_scatter
 from .preemption import StopSignals, TrainingStopped
 from ..streams import StepRandom, step_seed
@@ -315,7 +314,7 @@ class Trainer:
         cfg = self.config
         model = self.eval_model()
         net = getattr(model, "net", model)
-        parameterization = getattr(model, "parameterization", parameterization_of(cfg.method))
+        parameterization = getattr(model, "parameterization", method_spec(cfg.method).parameterization)
         n_timesteps = scheduler_num_timesteps(cfg, self.objective)
         export_pipeline(
             self.output_dir, net, parameterization=parameterization, num_train_timesteps=n_timesteps,

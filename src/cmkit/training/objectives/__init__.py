@@ -1,17 +1,23 @@
 """Training objectives: each a small callable returning an :class:`ObjectiveOutput`.
 
+:data:`METHOD_SPECS` is the one place the methods are listed: a method's objective class, its options dataclass,
+whether it needs a teacher and the parameterization of the model it trains. :data:`Method`, :data:`METHODS`,
+:data:`TEACHER_METHODS`, the CLI's choices and its help derive from it. A new method is one new file here and
+one line in :data:`METHOD_SPECS`.
+
 ``build_objective(method, model, teacher=None, **options)`` is the one entry point the loop and the CLI use;
-``options`` are the fields of the method's options dataclass (:class:`EDMOptions`, :class:`CDOptions`,
-:class:`CTOptions`, :class:`ICTOptions`, :class:`ECTOptions`).
+``options`` are the fields of the method's options dataclass.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, get_args
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, Literal, Optional
 
 from torch import nn
 
-from .base import Objective, ObjectiveOutput
+from ...karras import Parameterization
+from .base import BaseObjective, Objective, ObjectiveOutput, TargetObjective
 from .cd import CDObjective, CDOptions
 from .common import build_options
 from .ct import CTObjective, CTOptions
@@ -19,40 +25,54 @@ from .ect import ECTObjective, ECTOptions
 from .edm import EDMObjective, EDMOptions
 from .ict import ICTObjective, ICTOptions
 
-Method = Literal["edm", "cd", "ct", "ict", "ect"]
-METHODS: tuple[str, ...] = get_args(Method)
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One training method: ``objective(model, options, teacher)`` with ``options`` of class ``options``."""
+
+    objective: type
+    options: type
+    #: needs a teacher (a trained EDM denoiser) and starts from its weights.
+    needs_teacher: bool
+    #: the preconditioning of the model it trains (what the exported pipeline records).
+    parameterization: Parameterization
+    summary: str
+
+    @property
+    def takes_run_length(self) -> bool:
+        """Its options require ``total_steps`` (K of an ``N(k)`` schedule), filled from the run's steps."""
+        return any(f.name == "total_steps" and f.default is MISSING for f in fields(self.options))
+
+
+METHOD_SPECS: dict[str, MethodSpec] = {
+    "edm": MethodSpec(EDMObjective, EDMOptions, False, "edm", "EDM denoiser loss (a diffusion teacher)"),
+    "cd": MethodSpec(CDObjective, CDOptions, True, "consistency", "consistency distillation (CM Algorithm 2)"),
+    "ct": MethodSpec(CTObjective, CTOptions, False, "consistency", "consistency training (CM Algorithm 3)"),
+    "ict": MethodSpec(ICTObjective, ICTOptions, False, "consistency", "improved consistency training"),
+    "ect": MethodSpec(ECTObjective, ECTOptions, True, "consistency", "easy consistency tuning from a teacher"),
+}
+
+METHODS: tuple[str, ...] = tuple(METHOD_SPECS)
+Method = Literal[METHODS]  # type: ignore[valid-type]
+#: methods that need a teacher (a trained EDM denoiser) and start from its weights.
+TEACHER_METHODS: tuple[str, ...] = tuple(m for m, spec in METHOD_SPECS.items() if spec.needs_teacher)
 
 __all__ = [
-    "Method",
-    "METHODS",
-    "Objective",
-    "ObjectiveOutput",
-    "build_objective",
-    "EDMObjective",
-    "EDMOptions",
-    "CDObjective",
-    "CDOptions",
-    "CTObjective",
-    "CTOptions",
-    "ICTObjective",
-    "ICTOptions",
-    "ECTObjective",
-    "ECTOptions",
+    "Method", "METHODS", "METHOD_SPECS", "MethodSpec", "TEACHER_METHODS", "Objective", "BaseObjective",
+    "TargetObjective", "ObjectiveOutput", "build_objective", "method_spec",
+    "EDMObjective", "EDMOptions", "CDObjective", "CDOptions", "CTObjective", "CTOptions",
+    "ICTObjective", "ICTOptions", "ECTObjective", "ECTOptions",
 ]
+
+
+def method_spec(method: str) -> MethodSpec:
+    """The registry entry of ``method``, with an error listing the methods."""
+    if method not in METHOD_SPECS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return METHOD_SPECS[method]
 
 
 def build_objective(method: Method, model: nn.Module, teacher: Optional[nn.Module] = None, **options: Any) -> Objective:
     """The objective ``method`` training ``model`` (CD and ECT take a ``teacher``); ``options`` fill its options dataclass."""
-    if method == "edm":
-        return EDMObjective(model, build_options(EDMOptions, options, method))
-    if method == "cd":
-        if teacher is None:
-            raise ValueError("method 'cd' distils a teacher: pass teacher=<EDM Denoiser> (e.g. --teacher DIR)")
-        return CDObjective(model, teacher, build_options(CDOptions, options, method))
-    if method == "ct":
-        return CTObjective(model, build_options(CTOptions, options, method))
-    if method == "ict":
-        return ICTObjective(model, build_options(ICTOptions, options, method))
-    if method == "ect":
-        return ECTObjective(model, teacher, build_options(ECTOptions, options, method))
-    raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    spec = method_spec(method)
+    return spec.objective(model, build_options(spec.options, options, method), teacher=teacher)

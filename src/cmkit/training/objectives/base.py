@@ -1,18 +1,20 @@
-"""The contract between an objective and the training loop.
+"""The contract between an objective and the training loop, and the one base holding its defaults.
 
 An objective owns the networks it needs (the trainable ``model``, optionally a frozen ``teacher`` and a
 ``target`` network) and turns one batch into a loss. The loop owns everything else: optimizer, EMA for
-evaluation, precision, distribution, checkpoints.
+evaluation, precision, distribution, checkpoints. :class:`BaseObjective` gives the no-op hooks of a stateless
+method; :class:`TargetObjective` adds the target network ``theta^-`` (CM Algorithms 2 and 3), the only state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import Any, ClassVar, Optional, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from ...streams import StepRandom
+from .common import ema_update_, follow_device_
 
 
 @dataclass
@@ -44,3 +46,61 @@ class Objective(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         ...
+
+
+class BaseObjective:
+    """An objective without state: the hooks do nothing and there is nothing to checkpoint."""
+
+    model: nn.Module
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Nothing to update."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """No extra state (schedules are functions of the step)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """No extra state."""
+
+
+class TargetObjective(BaseObjective):
+    """An objective with a target network ``theta^-`` that follows the model by EMA with rate :meth:`target_ema`.
+
+    ``target`` is None when the method uses the online network under stop-gradient instead (``mu = 0``).
+    """
+
+    #: the method's name in messages (``CT``, ``CD``).
+    label: ClassVar[str] = "target"
+    target: Optional[nn.Module]
+
+    def target_ema(self, step: int) -> float:
+        """The EMA rate ``mu`` at ``step``."""
+        raise NotImplementedError
+
+    def target_of(self, x: Tensor) -> nn.Module:
+        """The network that makes the target on ``x``'s device, in the model's train / eval mode."""
+        if self.target is None:
+            return self.model
+        follow_device_(self.target, x.device)
+        self.target.train(self.model.training)
+        return self.target
+
+    def after_optimizer_step(self, step: int) -> None:
+        """``theta^- <- mu theta^- + (1 - mu) theta`` (CM Algorithm 2 line 10, Algorithm 3 line 9)."""
+        if self.target is not None:
+            ema_update_(self.target, self.model, self.target_ema(step))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The target network's weights (empty without one)."""
+        return {"target": self.target.state_dict()} if self.target is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the target network."""
+        if self.target is None:
+            return
+        if "target" not in state:
+            raise ValueError(
+                f"checkpoint lacks the {self.label} target network ('target'); was it saved by a {self.label} run?"
+            )
+        self.target.load_state_dict(state["target"])

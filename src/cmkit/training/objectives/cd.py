@@ -11,26 +11,19 @@ The student starts from the teacher's weights, with dropout 0 (OpenAI's recipe).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ...fields import documented
 from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
 from ...sampling import euler_step, heun_step
-from ..losses import LossName, make_distance
 from ...streams import StepRandom
+from ..losses import LossName, make_distance
 from ..schedules import training_grid
-from .base import ObjectiveOutput
-from .common import (
-    check_batch,
-    copy_teacher_weights_,
-    ema_update_,
-    follow_device_,
-    frozen_copy,
-    grid_pair,
-    set_dropout_,
-)
+from .base import ObjectiveOutput, TargetObjective
+from .common import check_batch, copy_teacher_weights_, follow_device_, frozen_copy, grid_pair, set_dropout_
 
 Solver = Literal["heun", "euler"]
 
@@ -39,17 +32,17 @@ Solver = Literal["heun", "euler"]
 class CDOptions:
     """Options of :class:`CDObjective`; ``num_scales`` is N (18 suits the toys, 40 is the paper's ImageNet value)."""
 
-    num_scales: int = 18
-    solver: Solver = "heun"
-    target_ema: float = 0.95
-    loss: LossName = "l2"
-    huber_c: Optional[float] = None
-    lpips_weights: Optional[str] = None
-    init_from_teacher: bool = True
-    student_dropout: Optional[float] = 0.0
-    sigma_min: float = SIGMA_MIN
-    sigma_max: float = SIGMA_MAX
-    rho: float = RHO
+    num_scales: int = documented(18, "N, the points of the Karras grid")
+    solver: Solver = documented("heun", "the teacher's ODE step: heun or euler")
+    target_ema: float = documented(0.95, "target EMA rate mu (0: the online network under stop-gradient)")
+    loss: LossName = documented("l2", "distance d: l2, pseudo_huber or lpips")
+    huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
+    lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
+    init_from_teacher: bool = documented(True, "start from the teacher's weights")
+    student_dropout: Optional[float] = documented(0.0, "dropout of the student (None: keep the network's)")
+    sigma_min: float = documented(SIGMA_MIN, "smallest sigma of the grid")
+    sigma_max: float = documented(SIGMA_MAX, "largest sigma of the grid")
+    rho: float = documented(RHO, "Karras grid exponent")
 
     def __post_init__(self) -> None:
         if self.num_scales < 2:
@@ -60,12 +53,14 @@ class CDOptions:
             raise ValueError(f"target_ema must lie in [0, 1), got {self.target_ema}")
 
 
-class CDObjective:
+class CDObjective(TargetObjective):
     """Consistency distillation: match the student at ``sigma_{n+1}`` to the target after one teacher ODE step."""
 
-    def __init__(self, model: nn.Module, teacher: nn.Module, options: Optional[CDOptions] = None) -> None:
+    label = "CD"
+
+    def __init__(self, model: nn.Module, options: Optional[CDOptions] = None, teacher: Optional[nn.Module] = None) -> None:
         if teacher is None:
-            raise ValueError("consistency distillation needs a teacher: pass teacher=<EDM Denoiser>")
+            raise ValueError("method 'cd' distils a teacher: pass teacher=<EDM Denoiser> (e.g. --teacher DIR)")
         self.options = o = options or CDOptions()
         if o.init_from_teacher:
             copy_teacher_weights_(model, teacher)
@@ -89,16 +84,13 @@ class CDObjective:
         """The distillation loss on ``x0`` (CM Algorithm 2, lines 4-8)."""
         check_batch(x0, rng)
         follow_device_(self.teacher, x0.device)
-        follow_device_(self.target, x0.device)
         n = rng.randint(self.options.num_scales - 1, device=self.sigmas.device)
         sigma_hi, sigma_lo = grid_pair(self.sigmas, n, x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
         x_hi = x0 + append_dims(sigma_hi, x0.ndim) * z
         x_lo = self.teacher_step(x_hi, sigma_hi, sigma_lo, class_labels)
-        target_net = self.target if self.target is not None else self.model
+        target_net = self.target_of(x0)
         with torch.no_grad():
-            if self.target is not None:
-                self.target.train(self.model.training)
             target = target_net(x_lo, sigma_lo, class_labels)
         pred = self.model(x_hi, sigma_hi, class_labels)
         loss = self.distance(pred, target.detach()).mean()
@@ -106,18 +98,6 @@ class CDObjective:
             loss, {"loss": float(loss.detach()), "N": float(self.options.num_scales), "mu": self.options.target_ema}
         )
 
-    def after_optimizer_step(self, step: int) -> None:
-        """Move the target towards the student with rate ``mu`` (CM Algorithm 2, line 10)."""
-        if self.target is not None:
-            ema_update_(self.target, self.model, self.options.target_ema)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The target network's weights (empty when ``target_ema == 0``)."""
-        return {"target": self.target.state_dict()} if self.target is not None else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the target network."""
-        if self.target is not None:
-            if "target" not in state:
-                raise ValueError("checkpoint lacks the CD target network ('target'); was it saved by a CD run?")
-            self.target.load_state_dict(state["target"])
+    def target_ema(self, step: int) -> float:
+        """The constant target EMA rate ``mu``."""
+        return self.options.target_ema

@@ -10,33 +10,34 @@ LPIPS on images; l2 and pseudo-Huber are offered for data without a perceptual m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
-from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
-from ..losses import LossName, make_distance
+from ...fields import documented
+from ...karras import RHO, SIGMA_MAX, SIGMA_MIN
 from ...streams import StepRandom
+from ..losses import LossName, make_distance
 from ..schedules import ct_num_scales, ct_target_ema, training_grid
-from .base import ObjectiveOutput
-from .common import check_batch, ema_update_, follow_device_, frozen_copy, grid_pair
+from .base import ObjectiveOutput, TargetObjective
+from .common import check_batch, frozen_copy, grid_pair
+from .consistency import consistency_loss
 
 
 @dataclass
 class CTOptions:
-    """Options of :class:`CTObjective`; ``total_steps`` is K of the ``N(k)`` schedule (required)."""
+    """Options of :class:`CTObjective`; ``total_steps`` is K of the ``N(k)`` schedule (set to the run's steps)."""
 
-    total_steps: int
-    s0: int = 2
-    s1: int = 150
-    mu0: float = 0.95
-    loss: LossName = "l2"
-    huber_c: Optional[float] = None
-    lpips_weights: Optional[str] = None
-    sigma_min: float = SIGMA_MIN
-    sigma_max: float = SIGMA_MAX
-    rho: float = RHO
+    total_steps: int = documented(help="K of the N(k) schedule (the run's --steps)")
+    s0: int = documented(2, "initial number of grid intervals N(0) - 1")
+    s1: int = documented(150, "final number of grid intervals")
+    mu0: float = documented(0.95, "target EMA rate at N(0) (CT only)")
+    loss: LossName = documented("l2", "distance d: l2, pseudo_huber or lpips")
+    huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
+    lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
+    sigma_min: float = documented(SIGMA_MIN, "smallest sigma of the grid")
+    sigma_max: float = documented(SIGMA_MAX, "largest sigma of the grid")
+    rho: float = documented(RHO, "Karras grid exponent")
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:
@@ -44,10 +45,12 @@ class CTOptions:
         ct_target_ema(0, self.total_steps, self.s0, self.s1, self.mu0)  # validates s0, s1, mu0
 
 
-class CTObjective:
+class CTObjective(TargetObjective):
     """Consistency training with the adaptive ``N(k)`` / ``mu(k)`` schedules and an EMA target network."""
 
-    def __init__(self, model: nn.Module, options: CTOptions) -> None:
+    label = "CT"
+
+    def __init__(self, model: nn.Module, options: CTOptions, teacher: Optional[nn.Module] = None) -> None:
         self.options = o = options
         self.model = model
         self.target = frozen_copy(model)
@@ -74,29 +77,11 @@ class CTObjective:
     def __call__(self, x0: Tensor, class_labels: Optional[Tensor], step: int, rng: StepRandom) -> ObjectiveOutput:
         """The consistency-training loss on ``x0`` (CM Algorithm 3, lines 4-7)."""
         check_batch(x0, rng)
-        follow_device_(self.target, x0.device)
         num = self.num_scales(step)
         sigmas = self.grid(num)
         n = rng.randint(num - 1, device=sigmas.device)
         sigma_hi, sigma_lo = grid_pair(sigmas, n, x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
-        with torch.no_grad():
-            self.target.train(self.model.training)
-            target = self.target(x0 + append_dims(sigma_lo, x0.ndim) * z, sigma_lo, class_labels)
-        pred = self.model(x0 + append_dims(sigma_hi, x0.ndim) * z, sigma_hi, class_labels)
-        loss = self.distance(pred, target).mean()
+        target_net = self.target_of(x0)
+        loss = consistency_loss(self.model, target_net, x0, z, sigma_hi, sigma_lo, class_labels, self.distance)
         return ObjectiveOutput(loss, {"loss": float(loss.detach()), "N": float(num), "mu": self.target_ema(step)})
-
-    def after_optimizer_step(self, step: int) -> None:
-        """Move the target towards the model with rate ``mu(k)`` (CM Algorithm 3, line 9)."""
-        ema_update_(self.target, self.model, self.target_ema(step))
-
-    def state_dict(self) -> dict[str, Any]:
-        """The target network's weights."""
-        return {"target": self.target.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the target network."""
-        if "target" not in state:
-            raise ValueError("checkpoint lacks the CT target network ('target'); was it saved by a CT run?")
-        self.target.load_state_dict(state["target"])

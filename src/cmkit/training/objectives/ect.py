@@ -10,35 +10,37 @@ so ``r -> t`` and the ODE discretisation shrinks), one shared ``eps`` and one sh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from ...karras import SIGMA_MAX, SIGMA_MIN, append_dims
-from ..losses import LossName, make_distance
+from ...fields import documented
+from ...karras import SIGMA_MAX, SIGMA_MIN
 from ...streams import StepRandom
+from ..losses import LossName, make_distance
 from ..schedules import ect_r, ect_stage
-from .base import ObjectiveOutput
-from .common import check_batch, copy_teacher_weights_, seeded_dropout
+from .base import BaseObjective, ObjectiveOutput
+from .common import check_batch, copy_teacher_weights_
+from .consistency import consistency_loss
 
 
 @dataclass
 class ECTOptions:
     """Options of :class:`ECTObjective` (Geng et al. 2024 defaults: q=2, k=8, b=1, LogNormal(-1.1, 2.0))."""
 
-    steps_per_stage: int = 2000
-    q: float = 2.0
-    k: float = 8.0
-    b: float = 1.0
-    p_mean: float = -1.1
-    p_std: float = 2.0
-    loss: LossName = "pseudo_huber"
-    huber_c: Optional[float] = None
-    lpips_weights: Optional[str] = None
-    init_from_teacher: bool = True
-    sigma_min: float = SIGMA_MIN
-    sigma_max: float = SIGMA_MAX
+    steps_per_stage: int = documented(2000, "steps per stage of the r(t) mapping")
+    q: float = documented(2.0, "mapping-function base: 1 - r/t shrinks as q^-stage")
+    k: float = documented(8.0, "mapping-function sharpness")
+    b: float = documented(1.0, "mapping-function offset")
+    p_mean: float = documented(-1.1, "mean of ln t")
+    p_std: float = documented(2.0, "standard deviation of ln t")
+    loss: LossName = documented("pseudo_huber", "distance d: l2, pseudo_huber or lpips")
+    huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
+    lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
+    init_from_teacher: bool = documented(True, "start from the teacher's weights")
+    sigma_min: float = documented(SIGMA_MIN, "smallest t")
+    sigma_max: float = documented(SIGMA_MAX, "largest t")
 
     def __post_init__(self) -> None:
         ect_stage(0, self.steps_per_stage)  # validates steps_per_stage
@@ -48,10 +50,10 @@ class ECTOptions:
             raise ValueError(f"p_std must be > 0, got {self.p_std}")
 
 
-class ECTObjective:
+class ECTObjective(BaseObjective):
     """ECT: continuous-time consistency loss with the staged ``r(t)`` mapping and ``1/(t - r)`` weights."""
 
-    def __init__(self, model: nn.Module, teacher: Optional[nn.Module] = None, options: Optional[ECTOptions] = None) -> None:
+    def __init__(self, model: nn.Module, options: Optional[ECTOptions] = None, teacher: Optional[nn.Module] = None) -> None:
         self.options = o = options or ECTOptions()
         if o.init_from_teacher:
             if teacher is None:
@@ -67,32 +69,15 @@ class ECTObjective:
     def __call__(self, x0: Tensor, class_labels: Optional[Tensor], step: int, rng: StepRandom) -> ObjectiveOutput:
         """The ECT loss on ``x0``."""
         check_batch(x0, rng)
-        o = self.options
-        stage = self.stage(step)
+        o, stage = self.options, self.stage(step)
         t = torch.exp(o.p_mean + o.p_std * rng.randn()).clamp(o.sigma_min, o.sigma_max)
-        r = ect_r(t, stage, o.q, o.k, o.b)
+        r = ect_r(t, stage, o.q, o.k, o.b).to(device=x0.device, dtype=torch.float32)
         t = t.to(device=x0.device, dtype=torch.float32)
-        r = r.to(device=x0.device, dtype=torch.float32)
         eps = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
-        seed = rng.dropout_seed()
-        with seeded_dropout(seed, x0.device):
-            pred = self.model(x0 + append_dims(t, x0.ndim) * eps, t, class_labels)
         on_boundary = r <= o.sigma_min
         r_eval = torch.where(on_boundary, torch.full_like(r, o.sigma_min), r)
-        with seeded_dropout(seed, x0.device), torch.no_grad():
-            target = self.model(x0 + append_dims(r_eval, x0.ndim) * eps, r_eval, class_labels)
-        target = torch.where(append_dims(on_boundary, x0.ndim), x0, target)
         # r == t only if t is clipped at sigma_min; the network is then the identity and gets no gradient.
         weight = 1.0 / (t - r).clamp_min(1e-8)
-        loss = (weight * self.distance(pred, target.detach())).mean()
+        loss = consistency_loss(self.model, self.model, x0, eps, t, r_eval, class_labels, self.distance,
+                                weight=weight, dropout_seed=rng.dropout_seed(), boundary=on_boundary)
         return ObjectiveOutput(loss, {"loss": float(loss.detach()), "stage": float(stage)})
-
-    def after_optimizer_step(self, step: int) -> None:
-        """Nothing to update: the target is the online network under stop-gradient."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """No extra state (the stage is a function of the step)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """No extra state."""

@@ -9,14 +9,15 @@ over a sample's entries, then over the batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from ...karras import append_dims
+from ...fields import documented
 from ...streams import StepRandom
-from .base import ObjectiveOutput
+from .base import BaseObjective, ObjectiveOutput
 from .common import check_batch, per_sample
 
 
@@ -24,8 +25,8 @@ from .common import check_batch, per_sample
 class EDMOptions:
     """Options of :class:`EDMObjective` (EDM table 1 defaults)."""
 
-    p_mean: float = -1.2
-    p_std: float = 1.2
+    p_mean: float = documented(-1.2, "mean of ln sigma")
+    p_std: float = documented(1.2, "standard deviation of ln sigma")
 
     def __post_init__(self) -> None:
         if self.p_std <= 0:
@@ -37,10 +38,10 @@ def edm_loss_weight(sigma: Tensor, sigma_data: float) -> Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-class EDMObjective:
+class EDMObjective(BaseObjective):
     """Denoising score matching with EDM's lognormal noise levels and loss weighting (the teacher's loss)."""
 
-    def __init__(self, model: nn.Module, options: Optional[EDMOptions] = None) -> None:
+    def __init__(self, model: nn.Module, options: Optional[EDMOptions] = None, teacher: Optional[nn.Module] = None) -> None:
         if getattr(model, "parameterization", "edm") != "edm":
             raise ValueError(
                 "the EDM loss trains an EDM denoiser: build the model as Denoiser(net, parameterization='edm')"
@@ -59,13 +60,3 @@ class EDMObjective:
         per_sample_loss = (denoised - x0).pow(2).flatten(1).mean(dim=1)
         loss = (edm_loss_weight(sigma, sigma_data) * per_sample_loss).mean()
         return ObjectiveOutput(loss, {"loss": float(loss.detach())})
-
-    def after_optimizer_step(self, step: int) -> None:
-        """Nothing to update."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """No extra state."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """No extra state."""

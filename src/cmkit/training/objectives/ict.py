@@ -1,6 +1,6 @@
-"""Improved consistency training (iCT; Song & Dhariwal 2023).
+"""Improved consistency training (iCT; Song & Dhariwal 2023): CT (:mod:`.ct`) with other schedules.
 
-Differences from CT (:mod:`.ct`), each from the iCT paper:
+Differences from CT, each from the iCT paper:
 
 * no EMA target: the target is the online network under stop-gradient (sec. 3.2);
 * the exponential curriculum ``N(k) = min(s0 2^floor(k/K'), s1) + 1`` (sec. 3.4);
@@ -13,34 +13,35 @@ Differences from CT (:mod:`.ct`), each from the iCT paper:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
-from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
-from ..losses import LossName, make_distance
+from ...fields import documented
+from ...karras import RHO, SIGMA_MAX, SIGMA_MIN
 from ...streams import StepRandom
+from ..losses import LossName, make_distance
 from ..schedules import ict_num_scales, lognormal_pair_probs, training_grid
-from .base import ObjectiveOutput
-from .common import check_batch, grid_pair, per_sample, seeded_dropout
+from .base import BaseObjective, ObjectiveOutput
+from .common import check_batch, grid_pair, per_sample
+from .consistency import consistency_loss
 
 
 @dataclass
 class ICTOptions:
-    """Options of :class:`ICTObjective`; ``total_steps`` is K of the ``N(k)`` curriculum (required)."""
+    """Options of :class:`ICTObjective`; ``total_steps`` is K of the ``N(k)`` curriculum (set to the run's steps)."""
 
-    total_steps: int
-    s0: int = 10
-    s1: int = 1280
-    p_mean: float = -1.1
-    p_std: float = 2.0
-    loss: LossName = "pseudo_huber"
-    huber_c: Optional[float] = None
-    lpips_weights: Optional[str] = None
-    sigma_min: float = SIGMA_MIN
-    sigma_max: float = SIGMA_MAX
-    rho: float = RHO
+    total_steps: int = documented(help="K of the N(k) curriculum (the run's --steps)")
+    s0: int = documented(10, "initial number of grid intervals")
+    s1: int = documented(1280, "final number of grid intervals")
+    p_mean: float = documented(-1.1, "mean of the lognormal pair distribution")
+    p_std: float = documented(2.0, "standard deviation of the lognormal pair distribution")
+    loss: LossName = documented("pseudo_huber", "distance d: l2, pseudo_huber or lpips")
+    huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
+    lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
+    sigma_min: float = documented(SIGMA_MIN, "smallest sigma of the grid")
+    sigma_max: float = documented(SIGMA_MAX, "largest sigma of the grid")
+    rho: float = documented(RHO, "Karras grid exponent")
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:
@@ -48,10 +49,10 @@ class ICTOptions:
         ict_num_scales(0, self.total_steps, self.s0, self.s1)  # validates s0, s1
 
 
-class ICTObjective:
+class ICTObjective(BaseObjective):
     """iCT: lognormal pairs on an exponentially refined grid, ``1/delta sigma`` weights, pseudo-Huber, no EMA target."""
 
-    def __init__(self, model: nn.Module, options: ICTOptions) -> None:
+    def __init__(self, model: nn.Module, options: ICTOptions, teacher: Optional[nn.Module] = None) -> None:
         self.options = o = options
         self.model = model
         self.distance = make_distance(o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights)
@@ -81,20 +82,6 @@ class ICTObjective:
         # are so close that their float32 difference would lose digits
         weight = per_sample(1.0 / (sigmas[i] - sigmas[i + 1]), x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
-        seed = rng.dropout_seed()
-        with seeded_dropout(seed, x0.device):
-            pred = self.model(x0 + append_dims(sigma_hi, x0.ndim) * z, sigma_hi, class_labels)
-        with seeded_dropout(seed, x0.device), torch.no_grad():
-            target = self.model(x0 + append_dims(sigma_lo, x0.ndim) * z, sigma_lo, class_labels)
-        loss = (weight * self.distance(pred, target.detach())).mean()
+        loss = consistency_loss(self.model, self.model, x0, z, sigma_hi, sigma_lo, class_labels, self.distance,
+                                weight=weight, dropout_seed=rng.dropout_seed())
         return ObjectiveOutput(loss, {"loss": float(loss.detach()), "N": float(num)})
-
-    def after_optimizer_step(self, step: int) -> None:
-        """Nothing to update: iCT has no target network."""
-
-    def state_dict(self) -> dict[str, Any]:
-        """No extra state (the curriculum is a function of the step)."""
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """No extra state."""

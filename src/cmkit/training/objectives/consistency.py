@@ -1,0 +1,50 @@
+"""The consistency-training loss shared by CT, iCT and ECT (Song et al. 2023, Algorithm 3; Song & Dhariwal 2023;
+Geng et al. 2024).
+
+Two points of one trajectory share the noise ``z``: ``L = lambda d(f_theta(x0 + sigma_hi z, sigma_hi),
+sg f_theta^-(x0 + sigma_lo z, sigma_lo))`` averaged over the batch. The methods differ only in how they draw
+``sigma_hi > sigma_lo``, in ``lambda``, in the target network ``theta^-`` (an EMA copy for CT, the online network
+for iCT and ECT) and in whether both passes share one dropout mask.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ...karras import append_dims
+from .common import seeded_dropout
+
+
+def consistency_loss(
+    model: nn.Module,
+    target_net: nn.Module,
+    x0: Tensor,
+    z: Tensor,
+    sigma_hi: Tensor,
+    sigma_lo: Tensor,
+    class_labels: Optional[Tensor],
+    distance: Callable[[Tensor, Tensor], Tensor],
+    weight: Optional[Tensor] = None,
+    dropout_seed: Optional[int] = None,
+    boundary: Optional[Tensor] = None,
+) -> Tensor:
+    """``mean(lambda d(f_theta(x_hi, sigma_hi), sg f^-(x_lo, sigma_lo)))`` with ``x = x0 + sigma z``.
+
+    ``weight`` is ``lambda`` per sample (None: 1); ``dropout_seed`` gives both passes one dropout mask (iCT
+    appendix B); where ``boundary`` is true the target is ``x0`` itself (``f(x, sigma_min) = x``, ECT).
+    """
+    def same_mask():
+        return seeded_dropout(dropout_seed, x0.device) if dropout_seed is not None else nullcontext()
+
+    with same_mask(), torch.no_grad():
+        target = target_net(x0 + append_dims(sigma_lo, x0.ndim) * z, sigma_lo, class_labels)
+    if boundary is not None:
+        target = torch.where(append_dims(boundary, x0.ndim), x0, target)
+    with same_mask():
+        pred = model(x0 + append_dims(sigma_hi, x0.ndim) * z, sigma_hi, class_labels)
+    per_sample = distance(pred, target.detach())
+    return (per_sample if weight is None else weight * per_sample).mean()
