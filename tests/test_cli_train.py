@@ -156,3 +156,39 @@ def test_dist_timeout_flag(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["dist_timeout"] == 12.5
     assert main(["train", "--dist-timeout", "0", "--output", str(tmp_path), "--print-config"]) == 1
     assert "dist_timeout must be a positive number of seconds" in capsys.readouterr().err
+
+
+def test_flags_are_generated_from_the_config_fields(capsys):
+    import dataclasses
+
+    from cmkit.fields import help_of
+    from cmkit.training.config import DataConfig, TrainConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for cls in (TrainConfig, DataConfig):
+        for f in dataclasses.fields(cls):
+            assert help_of(f) and "(default" not in help_of(f).lower(), f.name  # help once, defaults shown by the CLI
+            if f.metadata.get("cli", True):
+                flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+                assert (flag if f.default is not True else "--no-" + flag[2:]) in text, f.name
+    assert "--dist-timeout SECONDS" in text and "(default: 300.0)" in text and "(default: ict)" in text
+    # each method's options come from its options dataclass
+    assert "steps_per_stage=2000" in text and "num_scales=18" in text and "(needs --teacher)" in text
+
+
+def test_generated_flags_parse_like_the_hand_written_ones(capsys):
+    args = ["train", "--data", "folder:/x", "--resolution", "16", "--no-class-labels", "--channels", "1", "--grad-clip", "0",
+            "--ema-rates", "0.9", "0.99", "--no-ema-warmup", "--no-progress", "--dist-timeout", "60", "--output", "o",
+            "--option", "loss=l2", "--model-option", "width=8", "--print-config"]
+    assert main(args) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["data"] == {"kind": "folder", "toy": None, "path": "/x", "resolution": 16, "resize": "crop", "flip": False,
+                           "channels": 1, "class_labels": False}
+    assert cfg["grad_clip"] is None and cfg["ema_rates"] == [0.9, 0.99] and cfg["ema_warmup"] is False
+    assert cfg["progress"] is False and cfg["dist_timeout"] == 60.0 and cfg["output_dir"] == "o"
+    assert cfg["objective_options"] == {"loss": "l2"} and cfg["model_options"] == {"width": 8}
+    with pytest.raises(SystemExit):
+        main(["train", "--channels", "2"])
+    assert "invalid choice" in capsys.readouterr().err

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_command
+
 EPILOG = """\
 examples:
   # consistency distillation, ImageNet-64 (class-conditional, 1000 classes; all inferred from the weights)
@@ -23,13 +25,12 @@ weights; --num-classes and --class-cond/--no-class-cond are checked against them
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``convert`` subcommand."""
-    p = subparsers.add_parser(
-        "convert",
+    p = add_command(
+        subparsers, "convert",
         help="convert an OpenAI consistency-model .pt checkpoint into a pipeline directory",
         description="Convert an original openai/consistency_models .pt checkpoint (loaded with "
         "torch.load(weights_only=True)) into a diffusers-layout ConsistencyModelPipeline directory.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--checkpoint", required=True,

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-from .options import add_dtype_argument, dtype_label
+from .options import add_command, add_dtype_argument, dtype_label
 
 EPILOG = """examples:
   cmkit demo                                  # -> demo.png: 10 rows (digits 0-9) x (8 one-step | 8 two-step)
@@ -27,14 +27,13 @@ PAD, BACKGROUND = 2, 64
 
 def register(subparsers: Any) -> None:
     """Add the ``demo`` subcommand."""
-    p = subparsers.add_parser(
-        "demo",
+    p = add_command(
+        subparsers, "demo",
         help="write a PNG grid of one-step and two-step digits from the bundled model",
         description="Load the bundled digits consistency model (or --model DIR), generate --per-class one-step "
         "and two-step samples of every class, write them as one PNG grid (one row per class) and print where it "
         "is and how long generation took.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default=None, help="pipeline directory (default: the bundled digits model)")
     p.add_argument("--out", default="demo.png", help="grid image path (default demo.png)")

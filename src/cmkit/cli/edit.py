@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import add_dtype_argument
+from .options import add_command, add_dtype_argument
 
 EXAMPLES = """\
 examples:
@@ -47,17 +47,15 @@ def _common(p: argparse.ArgumentParser, needs_image: bool = True) -> None:
 
 def register(subparsers: Any) -> None:
     """Add ``cmkit edit`` with one subcommand per editing task."""
-    parser = subparsers.add_parser(
-        "edit",
+    parser = add_command(
+        subparsers, "edit",
         help="zero-shot editing: inpaint, colorize, super-resolve, denoise, interpolate, stroke-edit",
         description="Zero-shot image editing with a consistency model (Song et al. 2023, Algorithm 4).",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     tasks = parser.add_subparsers(dest="task", metavar="TASK", required=True)
     for name, help_text in TASKS.items():
-        p = tasks.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = add_command(tasks, name, help=help_text, description=help_text, epilog=EXAMPLES)
         _common(p, needs_image=name != "interpolate")
         if name == "inpaint":
             p.add_argument("--mask", required=True, help="mask image: white = generate, black = keep")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .options import add_command
+
 EPILOG = """examples:
   cmkit eval                                      # the bundled digits model at 1 and 2 steps
   cmkit eval --model runs/cd/pipeline --steps 1 2 4
@@ -21,13 +23,12 @@ reference set of as many, with its floor (fresh data against that reference).
 
 def register(subparsers: Any) -> None:
     """Add the ``eval`` subcommand."""
-    p = subparsers.add_parser(
-        "eval",
+    p = add_command(
+        subparsers, "eval",
         help="measure FD-digits / SWD of a pipeline against its floor",
         description="Evaluate a consistency-model pipeline (or an EDM teacher) on digits (FD-digits, floor, "
         "class accuracy) or on a 2-D toy (SWD and floor), and print a table.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default=None, help="pipeline directory (default: the bundled digits model)")
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2], metavar="S",

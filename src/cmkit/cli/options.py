@@ -1,4 +1,5 @@
-"""Command-line options and checks shared by the commands: ``--dtype``, ``--device``, ``--out`` and ``--scale``.
+"""Command-line pieces shared by the commands: the subcommand parser, flags generated from a config dataclass,
+``--dtype``, ``--device``, ``--out`` and ``--scale``.
 
 The checks run before the model is loaded or anything large is allocated, and raise a ValueError that names
 the flag and the fix (``cmkit`` prints it as ``cmkit COMMAND: error: ...``).
@@ -7,11 +8,103 @@ the flag and the fix (``cmkit`` prints it as ``cmkit COMMAND: error: ...``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, Union
+
+from ..fields import default_of, help_of
 
 if TYPE_CHECKING:  # torch is imported by the commands' run(), so ``cmkit --help`` stays fast
     import torch
+
+def add_command(subparsers: Any, name: str, help: str, description: str, epilog: str, **options: Any) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``: its one-line ``help``, a ``description`` and an examples ``epilog``."""
+    return subparsers.add_parser(
+        name, help=help, description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter, **options,
+    )
+
+
+def add_dataclass_arguments(p: argparse.ArgumentParser, cls: type) -> list[str]:
+    """One flag per field of the dataclass ``cls`` (``--field-name``), read from the field's type, default and help.
+
+    The field metadata (see :func:`cmkit.fields.documented`) may set ``flag`` (another name), ``cli=False`` (no
+    flag), ``metavar`` and ``zero_is_none`` (0 on the command line means None). A ``bool`` defaulting to True
+    becomes ``--no-NAME``, an ``Optional[bool]`` gets both forms, a ``Literal`` gives the choices, a
+    ``tuple[X, ...]`` takes several values and a ``dict`` takes repeated ``KEY=VALUE``. Returns the names added.
+    """
+    hints = typing.get_type_hints(cls)
+    added = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli", True):
+            _add_field_argument(p, f, hints[f.name])
+            added.append(f.name)
+    return added
+
+
+def _add_field_argument(p: argparse.ArgumentParser, f: dataclasses.Field, hint: Any) -> None:
+    meta, default = f.metadata, default_of(f)
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    kwargs: dict[str, Any] = {"dest": f.name}
+    if "metavar" in meta:
+        kwargs["metavar"] = meta["metavar"]
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) is Union and type(None) in args
+    inner = next(a for a in args if a is not type(None)) if optional else hint
+    origin = typing.get_origin(inner)
+    shown = default
+    if inner is bool and not optional:
+        if default:
+            flag, kwargs["action"], shown = "--no-" + flag[2:], "store_false", None
+        else:
+            kwargs["action"] = "store_true"
+    elif inner is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif origin is dict:
+        kwargs.update(action="append", metavar="KEY=VALUE")
+    elif origin is tuple:
+        kwargs.update(nargs="+", type=typing.get_args(inner)[0])
+        shown = " ".join(map(str, default))
+    elif origin is Literal:
+        kwargs["choices"] = typing.get_args(inner)
+        kwargs["type"] = type(kwargs["choices"][0])
+    elif dataclasses.is_dataclass(inner):
+        kwargs["type"], shown = str, default.spec() if hasattr(default, "spec") else None
+    else:
+        kwargs["type"] = inner
+    if meta.get("zero_is_none"):
+        kwargs["type"] = lambda text, convert=kwargs["type"]: convert(text) or None
+    text = ("turn off " if kwargs.get("action") == "store_false" else "") + help_of(f)
+    if not (shown is None or shown is False or shown == {}):
+        text += f" (default: {shown})"
+    p.add_argument(flag, help=text.replace("%", "%%"), **kwargs)
+
+
+def key_values(items: list[str], flag: str) -> dict[str, Any]:
+    """Repeated ``KEY=VALUE`` flags as a dict; each value is read as JSON, else kept as a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw  # a bare string such as loss=pseudo_huber
+    return out
+
+
+def dataclass_help(cls: type, indent: str = "    ") -> str:
+    """The fields of ``cls`` as ``name=default  help`` lines (for an epilog listing options)."""
+    lines = []
+    for f in dataclasses.fields(cls):
+        default = default_of(f)
+        shown = f"{f.name}=..." if default is dataclasses.MISSING else f"{f.name}={default}"
+        lines.append(f"{indent}{shown:<24} {help_of(f)}")
+    return "\n".join(lines)
+
 
 #: the choices of ``--dtype`` (resolved by :func:`cmkit.hardware.resolve_dtype`)
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")

@@ -14,7 +14,7 @@ EPILOG = """examples:
   cmkit sample --model ./toy_2d --batch-size 1000 --out points.npy   # non-image models: save a .npy array
 """
 
-from .options import add_dtype_argument, dtype_label
+from .options import add_command, add_dtype_argument, dtype_label
 
 
 def default_model_dir() -> Path:
@@ -24,13 +24,12 @@ def default_model_dir() -> Path:
 
 def register(subparsers: Any) -> None:
     """Add the ``sample`` subcommand."""
-    p = subparsers.add_parser(
-        "sample",
+    p = add_command(
+        subparsers, "sample",
         help="generate samples with a consistency-model pipeline",
         description="Generate samples with a consistency-model pipeline directory (diffusers layout) and print "
         "how long it took. Saves a grid PNG (--out) and/or one PNG per sample (--out-dir).",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default=None, help="pipeline directory or hub id (default: the bundled digits model)")
     p.add_argument("--steps", type=int, default=1, help="number of sampling steps (default 1)")

@@ -10,6 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..fields import default_of
+from .options import add_command, add_dataclass_arguments, dataclass_help, key_values
+
 EPILOG = """examples:
   # an EDM teacher on a 2-D toy set, then consistency distillation (CD) from it
   cmkit train --method edm --data toy:8gaussians --steps 4000 --lr 2e-3 --output runs/teacher
@@ -35,89 +38,33 @@ SIGTERM (sent by SLURM or Kubernetes before preemption) or Ctrl-C stops training
 checkpoint and exit status 0; --resume continues exactly. Exit status 3: the loss became NaN or infinite.
 """
 
-#: CLI flag -> TrainConfig field, for flags that map one-to-one.
-_FIELDS = {
-    "method": "method", "model": "model", "teacher": "teacher", "steps": "steps", "batch_size": "batch_size",
-    "lr": "lr", "optimizer": "optimizer", "warmup_steps": "warmup_steps", "lr_schedule": "lr_schedule",
-    "min_lr_ratio": "min_lr_ratio", "precision": "precision", "ema_rates": "ema_rates", "export": "export",
-    "export_ema_rate": "export_ema_rate", "output": "output_dir", "save_every": "save_every",
-    "keep_checkpoints": "keep_checkpoints", "sample_every": "sample_every", "num_samples": "num_samples",
-    "log_every": "log_every", "seed": "seed", "device": "device", "tau": "tau",
-    "scheduler_timesteps": "scheduler_timesteps", "weight_decay": "weight_decay", "dist_timeout": "dist_timeout",
-}
-_DATA_FIELDS = ("resolution", "resize", "flip", "channels", "class_labels")
+def _methods_help() -> str:
+    """Each method of the registry with its ``--option`` keys, defaults and help (from the options dataclasses)."""
+    from ..training.objectives import METHOD_SPECS
+
+    blocks = [f"  {name}: {spec.summary}{' (needs --teacher)' if spec.needs_teacher else ''}\n{dataclass_help(spec.options)}"
+              for name, spec in METHOD_SPECS.items()]
+    return "methods and their --option KEY=VALUE (total_steps defaults to --steps):\n" + "\n".join(blocks)
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``train`` subcommand."""
-    p = subparsers.add_parser(
-        "train",
+    """Add the ``train`` subcommand; its flags are generated from :class:`~cmkit.training.config.TrainConfig`."""
+    from ..training.config import DataConfig, TrainConfig
+
+    p = add_command(
+        subparsers, "train",
         help="train an EDM teacher or a consistency model (CD, CT, iCT, ECT)",
         description="Train on the embedded digits, a 2-D toy set or a folder of images, on one process or many "
         "(torchrun). Flags override --config, which overrides the defaults.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG + "\n" + _methods_help(),
         argument_default=argparse.SUPPRESS,
     )
     p.add_argument("--config", help="a train_config.json to start from (e.g. from an earlier run)")
-    p.add_argument("--method", choices=("edm", "cd", "ct", "ict", "ect"), help="what to train (default ict)")
-    p.add_argument("--data", help="digits | toy:8gaussians | toy:moons | toy:swissroll | folder:PATH (default digits)")
-    p.add_argument("--resolution", type=int, help="image size in pixels (digits: a multiple of 8; folders: required unless --resize none)")
-    p.add_argument("--resize", choices=("crop", "stretch", "none"), help="folder images: centre crop, stretch, or keep (default crop)")
-    p.add_argument("--flip", action="store_true", help="random horizontal flips")
-    p.add_argument("--channels", type=int, choices=(1, 3), help="folder images: 1 (grayscale) or 3 (RGB, default)")
-    p.add_argument("--class-labels", dest="class_labels", action=argparse.BooleanOptionalAction,
-                   help="use class labels (digits classes, folder sub-folders); default: when the data have them")
-    p.add_argument("--model", help="auto | mlp | a UNet preset: tiny, small, base, imagenet64, lsun256 (default auto)")
-    p.add_argument("--model-option", dest="model_options", action="append", metavar="KEY=VALUE",
-                   help="network constructor override, repeatable (e.g. width=64, dropout=0.1)")
-    p.add_argument("--teacher", help="output directory of an `--method edm` run (needed by cd and ect)")
-    p.add_argument("--option", dest="objective_options", action="append", metavar="KEY=VALUE",
-                   help="objective option, repeatable (e.g. num_scales=18, loss=pseudo_huber, target_ema=0.95)")
-    p.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
-    p.add_argument("--batch-size", type=int, help="global batch size over all processes (default 64)")
-    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
-    p.add_argument("--optimizer", choices=("radam", "adam"), help="default radam")
-    p.add_argument("--weight-decay", type=float, help="default 0")
-    p.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up (default 0)")
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), help="default constant")
-    p.add_argument("--min-lr-ratio", type=float, help="cosine: final lr as a fraction of --lr (default 0)")
-    p.add_argument("--grad-clip", type=float, help="clip the gradient norm (default 1.0; 0 turns clipping off)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="autocast precision (default fp32; bf16 is the fast CPU type)")
-    p.add_argument("--ema-rates", type=float, nargs="+", help="EMA decay rates (default 0.999)")
-    p.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false", help="use the EMA rates from step 0")
-    p.add_argument("--export", choices=("ema", "online"), help="which weights the pipeline gets (default ema)")
-    p.add_argument("--export-ema-rate", type=float, help="which EMA to export (default the first rate)")
-    p.add_argument("--output", help="output directory (default runs/cmkit)")
+    add_dataclass_arguments(p, TrainConfig)
+    add_dataclass_arguments(p, DataConfig)
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps (default 1000; 0: only at the end)")
-    p.add_argument("--keep-checkpoints", type=int, help="how many checkpoints to keep (default 2; 0 keeps all)")
-    p.add_argument("--sample-every", type=int, help="sample grid / scatter plot every N steps (default: only at the end)")
-    p.add_argument("--num-samples", type=int, help="samples per grid (default 64)")
-    p.add_argument("--log-every", type=int, help="metrics.jsonl interval (default 10)")
-    p.add_argument("--seed", type=int, help="seed for initialisation, data order and noise (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
-    p.add_argument("--dist-timeout", type=float, metavar="SECONDS",
-                   help="torchrun: how long a process waits for the others before a dead or frozen one ends the job "
-                   "(default 300)")
-    p.add_argument("--tau", type=float, help="save the 2-step intermediate sigma tau as the pipeline's default")
-    p.add_argument("--scheduler-timesteps", type=int, help="N of the saved scheduler's grid (default: the run's N)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     p.set_defaults(func=run)
-
-
-def _key_values(items: list[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} takes KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw  # a bare string such as loss=pseudo_huber
-    return out
 
 
 def build_config(args: argparse.Namespace):
@@ -126,29 +73,23 @@ def build_config(args: argparse.Namespace):
 
     given = vars(args)
     base: dict[str, Any] = {}
+    output = given.get("output_dir")
     if "config" in given:
         base = TrainConfig.from_json(given["config"]).to_dict()
-    elif given.get("resume") and "output" in given and (Path(given["output"]) / "train_config.json").is_file():
-        base = TrainConfig.from_json(Path(given["output"]) / "train_config.json").to_dict()
-    for flag, field in _FIELDS.items():
-        if flag in given:
-            base[field] = given[flag]
-    if "grad_clip" in given:
-        base["grad_clip"] = given["grad_clip"] or None
-    if "ema_warmup" in given:
-        base["ema_warmup"] = given["ema_warmup"]
-    if "progress" in given:
-        base["progress"] = given["progress"]
-    if "model_options" in given:
-        base["model_options"] = {**base.get("model_options", {}), **_key_values(given["model_options"], "--model-option")}
-    if "objective_options" in given:
-        base["objective_options"] = {**base.get("objective_options", {}), **_key_values(given["objective_options"], "--option")}
+    elif given.get("resume") and output and (Path(output) / "train_config.json").is_file():
+        base = TrainConfig.from_json(Path(output) / "train_config.json").to_dict()
     data = dict(base.get("data") or {})
     if "data" in given:
         data = dataclasses.asdict(DataConfig.parse(given["data"]))
-    for name in _DATA_FIELDS:
-        if name in given:
-            data[name] = given[name]
+    data_fields = {f.name for f in dataclasses.fields(DataConfig)}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in given or f.name == "data":
+            continue
+        if isinstance(default_of(f), dict):  # repeated KEY=VALUE flags add to the loaded dict
+            base[f.name] = {**base.get(f.name, {}), **key_values(given[f.name], f.metadata["flag"])}
+        else:
+            base[f.name] = given[f.name]
+    data.update({name: value for name, value in given.items() if name in data_fields})
     base["data"] = data
     return TrainConfig.from_dict(base)
 

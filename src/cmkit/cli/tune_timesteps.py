@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .options import add_command
+
 EPILOG = """examples:
   cmkit tune-timesteps --model runs/cd/pipeline              # FD-digits, ternary search, saved into the pipeline
   cmkit tune-timesteps --model runs/cd/pipeline --coarse 7   # a coarse grid of 7 indices first (noisy metrics)
@@ -20,13 +22,12 @@ is called with num_inference_steps=2 and no timesteps.
 
 def register(subparsers: Any) -> None:
     """Add the ``tune-timesteps`` subcommand."""
-    p = subparsers.add_parser(
-        "tune-timesteps",
+    p = add_command(
+        subparsers, "tune-timesteps",
         help="search the 2-step intermediate timestep that minimises a metric and save it",
         description="Ternary search over the intermediate timestep of 2-step consistency sampling, minimising "
         "FD-digits (or SWD for a 2-D toy), then save it as the pipeline's default for 2 steps.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default=None, help="pipeline directory (default: the bundled digits model)")
     p.add_argument("--toy", default=None, metavar="NAME",

@@ -10,12 +10,14 @@ import dataclasses
 import json
 import os
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from ..data import DataKind
 from ..data.folder import ResizeMode
+from .._validate import check_choice
+from ..fields import documented
 from ..io.atomic import atomic_write_text
 from .objectives import TEACHER_METHODS, Method
 
@@ -30,15 +32,17 @@ Device = Literal["auto", "cpu", "cuda"]
 class DataConfig:
     """Which data to train on: the embedded ``digits``, a 2-D ``toy`` set, or an image ``folder``."""
 
-    kind: DataKind = "digits"
-    toy: Optional[str] = None
-    path: Optional[str] = None
-    resolution: Optional[int] = None
-    resize: ResizeMode = "crop"
-    flip: bool = False
-    #: folder images: 1 (grayscale) or 3 (RGB; None means 3). The digits are grayscale; toys are points.
-    channels: Optional[Literal[1, 3]] = None
-    class_labels: Optional[bool] = None
+    kind: DataKind = documented("digits", "set by --data", cli=False)
+    toy: Optional[str] = documented(None, "set by --data toy:NAME", cli=False)
+    path: Optional[str] = documented(None, "set by --data folder:PATH", cli=False)
+    resolution: Optional[int] = documented(
+        None, "image size in pixels (digits: a multiple of 8; folders: required unless --resize none)")
+    resize: ResizeMode = documented("crop", "folder images: centre crop, stretch, or keep")
+    flip: bool = documented(False, "random horizontal flips")
+    channels: Optional[Literal[1, 3]] = documented(
+        None, "folder images: 1 (grayscale) or 3 (RGB; None means 3); the digits are grayscale, toys are points")
+    class_labels: Optional[bool] = documented(
+        None, "use class labels (digits classes, folder sub-folders); None: when the data have them")
 
     @classmethod
     def parse(cls, spec: str, **options: Any) -> "DataConfig":
@@ -63,53 +67,50 @@ class DataConfig:
 class TrainConfig:
     """Everything that defines a training run (see docs/training.md for each field)."""
 
-    method: Method = "ict"
-    data: DataConfig = field(default_factory=DataConfig)
-    #: a UNet preset name (cmkit.models.presets), ``mlp``, or ``auto`` (mlp for 2-D toys; UNet ``tiny`` up to
-    #: 16 pixels, ``small`` above).
-    model: str = "auto"
-    #: constructor overrides for the network, e.g. ``{"width": 64}`` or ``{"dropout": 0.1}``.
-    model_options: dict[str, Any] = field(default_factory=dict)
-    #: pipeline directory of a trained EDM teacher (needed by ``cd`` and ``ect``).
-    teacher: Optional[str] = None
-    #: keyword options of the objective (cmkit.training.objectives), e.g. ``{"loss": "pseudo_huber"}``.
-    objective_options: dict[str, Any] = field(default_factory=dict)
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-4
-    optimizer: OptimizerName = "radam"
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    lr_schedule: LRSchedule = "constant"
-    #: final learning rate of the cosine decay, as a fraction of ``lr``.
-    min_lr_ratio: float = 0.0
-    #: clip the global gradient norm to this value (None: no clipping).
-    grad_clip: Optional[float] = 1.0
-    precision: Precision = "fp32"
-    ema_rates: tuple[float, ...] = (0.999,)
-    #: ramp each EMA decay as ``min(rate, (1 + k) / (10 + k))`` at step ``k``.
-    ema_warmup: bool = True
-    export: ExportWeights = "ema"
-    #: which EMA to export (one of ``ema_rates``; None: the first).
-    export_ema_rate: Optional[float] = None
-    #: N of the exported scheduler's Karras grid (None: the run's final N for CD / CT / iCT, else 40).
-    scheduler_timesteps: Optional[int] = None
-    #: intermediate sigma of 2-step sampling saved as the pipeline's default (nearest grid point; None: none saved).
-    tau: Optional[float] = None
-    output_dir: str = "runs/cmkit"
-    save_every: int = 1000
-    keep_checkpoints: int = 2
-    #: write a sample grid every this many steps (0: only at the end).
-    sample_every: int = 0
-    num_samples: int = 64
-    log_every: int = 10
-    seed: int = 0
-    device: Device = "auto"
-    #: seconds a process waits in a collective for the others before the job stops with an error (a dead or
-    #: frozen process); must exceed the longest pause of rank 0 alone (checkpoint writes, sample grids, export).
-    dist_timeout: float = 300.0
-    progress: bool = True
+    method: Method = documented("ict", "what to train (see the methods below)")
+    data: DataConfig = documented(
+        DataConfig(), "digits | toy:8gaussians | toy:moons | toy:swissroll | folder:PATH", metavar="SPEC")
+    model: str = documented(
+        "auto", "auto | mlp | a UNet preset: tiny, small, base, imagenet64, lsun256 (auto: mlp for 2-D toys, UNet "
+        "tiny up to 16 pixels, small above)")
+    model_options: dict[str, Any] = documented(
+        {}, "network constructor override, repeatable (e.g. width=64, dropout=0.1)", flag="--model-option")
+    teacher: Optional[str] = documented(
+        None, "output directory of an `--method edm` run (needed by cd and ect)", metavar="DIR")
+    objective_options: dict[str, Any] = documented(
+        {}, "objective option, repeatable (e.g. num_scales=18, loss=pseudo_huber; listed below)", flag="--option")
+    steps: int = documented(1000, "optimizer steps")
+    batch_size: int = documented(64, "global batch size over all processes")
+    lr: float = documented(1e-4, "learning rate")
+    optimizer: OptimizerName = documented("radam", "optimizer")
+    betas: tuple[float, float] = documented((0.9, 0.999), "Adam betas", cli=False)
+    weight_decay: float = documented(0.0, "decoupled weight decay")
+    warmup_steps: int = documented(0, "linear learning-rate warm-up steps")
+    lr_schedule: LRSchedule = documented("constant", "learning-rate schedule after the warm-up")
+    min_lr_ratio: float = documented(0.0, "cosine: final lr as a fraction of --lr")
+    grad_clip: Optional[float] = documented(1.0, "clip the global gradient norm (0 or None: no clipping)", zero_is_none=True)
+    precision: Precision = documented("fp32", "autocast precision (bf16 is the fast CPU type where native)")
+    ema_rates: tuple[float, ...] = documented((0.999,), "EMA decay rates of the evaluation weights")
+    ema_warmup: bool = documented(True, "the EMA warm-up: each decay ramps as min(rate, (1 + k) / (10 + k)) at step k")
+    export: ExportWeights = documented("ema", "which weights the pipeline gets")
+    export_ema_rate: Optional[float] = documented(None, "which EMA to export (one of --ema-rates; None: the first)")
+    scheduler_timesteps: Optional[int] = documented(
+        None, "N of the exported scheduler's Karras grid (None: the run's final N for CD / CT / iCT, else 40)")
+    tau: Optional[float] = documented(
+        None, "intermediate sigma of 2-step sampling saved as the pipeline's default (nearest grid point)")
+    output_dir: str = documented("runs/cmkit", "output directory (a pipeline)", flag="--output", metavar="DIR")
+    save_every: int = documented(1000, "checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = documented(2, "how many checkpoints to keep (0 keeps all)")
+    sample_every: int = documented(0, "sample grid / scatter plot every N steps (0: only at the end)")
+    num_samples: int = documented(64, "samples per grid")
+    log_every: int = documented(10, "metrics.jsonl interval in steps")
+    seed: int = documented(0, "seed for initialisation, data order and noise")
+    device: Device = documented("auto", "training device")
+    dist_timeout: float = documented(
+        300.0, "torchrun: seconds a process waits in a collective for the others before a dead or frozen one ends "
+        "the job; must exceed the longest pause of rank 0 alone (checkpoints, sample grids, export)",
+        metavar="SECONDS")
+    progress: bool = documented(True, "the progress bar")
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -218,6 +219,5 @@ def _check_literals(obj: Any, prefix: str = "") -> None:
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         allowed = _literal_args(hints[f.name])
-        if allowed is not None and getattr(obj, f.name) not in allowed:
-            shown = ", ".join(repr(a) for a in allowed)
-            raise ValueError(f"{prefix}{f.name} must be one of {shown}, got {getattr(obj, f.name)!r}")
+        if allowed is not None:
+            check_choice(prefix + f.name, getattr(obj, f.name), allowed)
