@@ -27,7 +27,8 @@ import torch
 
 from cmkit.karras import karras_grid_sigmas, sigma_to_grid_index
 from cmkit.metrics import balanced_class_labels, evaluate_digits
-from cmkit.metrics.generate import generate_heun_samples, generate_samples, parameterization_of
+from cmkit.metrics.generate import generate_heun_samples, generate_samples
+from cmkit.pipeline_io import read_parameterization
 from cmkit.pipeline import ConsistencyModelPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ def evaluate_run(method: str, model_dir: Path, seed: int) -> list[dict[str, Any]
     total = PER_DRAW * DRAWS
     info = _run_info(model_dir)
     configs: list[tuple[int, dict[str, Any], Optional[float]]]
-    if parameterization_of(model_dir) == "edm":
+    if read_parameterization(model_dir) == "edm":
         configs = [(35, {"heun_steps": 18}, None)]
     else:
         n = int(pipe.scheduler.config.num_train_timesteps)

@@ -8,7 +8,8 @@ import torch
 
 from cmkit.cli.sample import default_model_dir
 from cmkit.metrics import balanced_class_labels, classifier_accuracy, fd_digits, fd_digits_floor
-from cmkit.metrics.generate import generate_samples, parameterization_of
+from cmkit.metrics.generate import generate_samples
+from cmkit.pipeline_io import read_parameterization
 from cmkit.pipeline import ConsistencyModelPipeline
 
 MODEL_DIR = default_model_dir()
@@ -23,7 +24,7 @@ def _pipe() -> ConsistencyModelPipeline:
 
 def test_bundled_model_layout_and_size():
     index = json.loads((MODEL_DIR / "model_index.json").read_text())
-    assert parameterization_of(MODEL_DIR) == "consistency"
+    assert read_parameterization(MODEL_DIR) == "consistency"
     weights = sorted((MODEL_DIR / "unet").glob("*.safetensors"))
     assert len(weights) == 1, "ship exactly one safetensors weights file"
     assert not list(MODEL_DIR.rglob("*.bin")) and not list(MODEL_DIR.rglob("*.pt"))

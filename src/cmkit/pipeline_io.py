@@ -75,6 +75,18 @@ def parse_default_timesteps(value: Any, source: str = MODEL_INDEX) -> dict[str, 
     return out
 
 
+def read_parameterization(directory: str | os.PathLike) -> Parameterization:
+    """The parameterization a pipeline directory records: "edm" for a diffusion teacher, else "consistency".
+
+    The one reader of ``cmkit_parameterization``; a directory without ``model_index.json`` counts as a consistency
+    model (a bare bundled or converted folder).
+    """
+    path = Path(directory) / MODEL_INDEX
+    if not path.is_file():
+        return "consistency"
+    return parse_parameterization(read_model_index(Path(directory)).get(PARAMETERIZATION_KEY), str(path))
+
+
 def parse_parameterization(value: Any, source: str = MODEL_INDEX) -> Parameterization:
     """Validate the ``cmkit_parameterization`` entry (absent means "consistency")."""
     if value is None:

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..hardware import resolve_dtype
-    from ..metrics.generate import parameterization_of
+    from ..pipeline_io import read_parameterization
     from ..pipeline import ConsistencyModelPipeline
     from ..postprocess import is_image_shape
     from .options import check_upscaled_images, parse_device_flag
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     device = parse_device_flag(args.device)
 
     model_dir = _resolve_model(args.model)
-    if parameterization_of(model_dir) == "edm":
+    if read_parameterization(model_dir) == "edm":
         raise ValueError(f"{model_dir} is an EDM diffusion teacher, not a consistency model; pass a consistency pipeline")
     t0 = time.perf_counter()
     dtype = resolve_dtype(args.dtype, device)

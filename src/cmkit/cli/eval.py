@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.atomic import atomic_write_text
     from ..metrics.fd_digits import balanced_class_labels, evaluate_digits
-    from ..metrics.generate import generate_heun_samples, generate_samples, parameterization_of, require_samples_fit
+    from ..metrics.generate import generate_heun_samples, generate_samples, require_samples_fit
+    from ..pipeline_io import read_parameterization
     from ..metrics.swd import toy_swd, toy_swd_floor
     from ..pipeline import ConsistencyModelPipeline
     from .options import parse_device_flag
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     device = parse_device_flag(args.device)
     pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=device)
     pipe.set_progress_bar_config(disable=True)
-    is_teacher = parameterization_of(model_dir) == "edm"
+    is_teacher = read_parameterization(model_dir) == "edm"
     toy = args.toy
     if toy is None and len(pipe.sample_shape) != 3:
         raise ValueError(f"this model makes samples of shape {pipe.sample_shape}; name its data with --toy NAME")

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the search, print each evaluation and the winner, and save it unless --no-save."""
     import time
 
-    from ..metrics.generate import parameterization_of
+    from ..pipeline_io import read_parameterization
     from ..pipeline import ConsistencyModelPipeline
     from ..tuning import save_default_timesteps, tune_two_step_timestep
     from .options import parse_device_flag
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = parse_device_flag(args.device)
     model_dir = args.model or str(default_model_dir())
-    if parameterization_of(model_dir) == "edm":
+    if read_parameterization(model_dir) == "edm":
         raise ValueError(f"{model_dir} is an EDM teacher (sampled with Heun); tune a consistency model instead")
     pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=device)
     pipe.set_progress_bar_config(disable=True)

@@ -6,10 +6,8 @@ seeded generator, so the same call always gives the same samples.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -17,17 +15,6 @@ from torch import Tensor
 from ..models.denoiser import Denoiser
 from ..rng import randn
 from ..sampling import edm_sampling_sigmas, sample_heun
-
-
-def parameterization_of(pipeline_dir: str | Path) -> Literal["consistency", "edm"]:
-    """Whether a pipeline directory holds a consistency model or an EDM teacher (recorded by training)."""
-    from ..pipeline_io import PARAMETERIZATION_KEY
-
-    path = Path(pipeline_dir) / "model_index.json"
-    value = json.loads(path.read_text()).get(PARAMETERIZATION_KEY, "consistency") if path.is_file() else "consistency"
-    if value not in ("consistency", "edm"):
-        raise ValueError(f"{path}: {PARAMETERIZATION_KEY} must be 'consistency' or 'edm', got {value!r}")
-    return value
 
 
 def _to_model_space(images: Tensor) -> Tensor:

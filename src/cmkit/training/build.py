@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -12,8 +11,8 @@ from typing import Any, Optional
 from torch import nn
 
 from ..data import DataSource, build_dataset
+from ..karras import SIGMA_DATA, SIGMA_MIN
 from ..models.denoiser import Denoiser
-from ..pipeline_io import PARAMETERIZATION_KEY
 from .config import TrainConfig
 from .objectives import Objective, method_spec
 
@@ -51,8 +50,9 @@ def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
 
 def load_denoiser(path: str | os.PathLike) -> Denoiser:
     """A trained network from a pipeline directory, wrapped with the preconditioning recorded in it."""
-    from ..pipeline_io import read_model_index
+    from ..pipeline_io import read_model_index, read_parameterization
     from ..registry import resolve_component_class
+    from ..schedulers.cm import CMStochasticIterativeScheduler
 
     directory = Path(path)
     index = read_model_index(directory)
@@ -60,17 +60,13 @@ def load_denoiser(path: str | os.PathLike) -> Denoiser:
     if not isinstance(entry, (list, tuple)) or len(entry) != 2:
         raise ValueError(f"{directory / 'model_index.json'} does not name a 'unet' component")
     net = resolve_component_class(entry[0], entry[1], component="unet").from_pretrained(str(directory / "unet"))
-    parameterization = index.get(PARAMETERIZATION_KEY, "consistency")
-    sigma_min = _scheduler_value(directory, "sigma_min", 0.002)
-    sigma_data = _scheduler_value(directory, "sigma_data", 0.5)
+    parameterization = read_parameterization(directory)
+    scheduler: dict = {}
+    if (directory / "scheduler" / CMStochasticIterativeScheduler.config_name).is_file():
+        scheduler = CMStochasticIterativeScheduler.load_config(directory, subfolder="scheduler")
+    sigma_min = float(scheduler.get("sigma_min", SIGMA_MIN))
+    sigma_data = float(scheduler.get("sigma_data", SIGMA_DATA))
     return Denoiser(net, parameterization, sigma_min=sigma_min, sigma_data=sigma_data)
-
-
-def _scheduler_value(directory: Path, key: str, default: float) -> float:
-    path = directory / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        return default
-    return float(json.loads(path.read_text()).get(key, default))
 
 
 def load_teacher(path: str | os.PathLike) -> Denoiser:
