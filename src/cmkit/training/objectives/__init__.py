@@ -28,7 +28,7 @@ from .ict import ICTObjective, ICTOptions
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One training method: ``objective(model, options, teacher)`` with ``options`` of class ``options``."""
+    """One training method: ``objective(model, teacher=..., options=...)`` with ``options`` of class ``options``."""
 
     objective: type
     options: type
@@ -75,4 +75,4 @@ def method_spec(method: str) -> MethodSpec:
 def build_objective(method: Method, model: nn.Module, teacher: Optional[nn.Module] = None, **options: Any) -> Objective:
     """The objective ``method`` training ``model`` (CD and ECT take a ``teacher``); ``options`` fill its options dataclass."""
     spec = method_spec(method)
-    return spec.objective(model, build_options(spec.options, options, method), teacher=teacher)
+    return spec.objective(model, teacher=teacher, options=build_options(spec.options, options, method))

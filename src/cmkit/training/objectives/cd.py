@@ -58,7 +58,7 @@ class CDObjective(TargetObjective):
 
     label = "CD"
 
-    def __init__(self, model: nn.Module, options: Optional[CDOptions] = None, teacher: Optional[nn.Module] = None) -> None:
+    def __init__(self, model: nn.Module, teacher: Optional[nn.Module] = None, options: Optional[CDOptions] = None) -> None:
         if teacher is None:
             raise ValueError("method 'cd' distils a teacher: pass teacher=<EDM Denoiser> (e.g. --teacher DIR)")
         self.options = o = options or CDOptions()

@@ -53,7 +53,7 @@ class ECTOptions:
 class ECTObjective(BaseObjective):
     """ECT: continuous-time consistency loss with the staged ``r(t)`` mapping and ``1/(t - r)`` weights."""
 
-    def __init__(self, model: nn.Module, options: Optional[ECTOptions] = None, teacher: Optional[nn.Module] = None) -> None:
+    def __init__(self, model: nn.Module, teacher: Optional[nn.Module] = None, options: Optional[ECTOptions] = None) -> None:
         self.options = o = options or ECTOptions()
         if o.init_from_teacher:
             if teacher is None:
