@@ -10,13 +10,33 @@ for iCT and ECT) and in whether both passes share one dropout mask.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ...karras import append_dims
+from ...fields import documented
+from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
+from ..losses import LossName
 from .common import seeded_dropout
+
+
+@dataclass
+class CurriculumOptions:
+    """Options shared by CT and iCT: the run length K of the ``N(k)`` curriculum, the distance and the grid."""
+
+    total_steps: int = documented(help="K of the N(k) curriculum (the run's --steps)")
+    loss: LossName = documented("l2", "distance d: l2, pseudo_huber or lpips")
+    huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
+    lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
+    sigma_min: float = documented(SIGMA_MIN, "smallest sigma of the grid")
+    sigma_max: float = documented(SIGMA_MAX, "largest sigma of the grid")
+    rho: float = documented(RHO, "Karras grid exponent")
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1 (the run's length K), got {self.total_steps}")
 
 
 def consistency_loss(

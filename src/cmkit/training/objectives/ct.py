@@ -15,33 +15,24 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ...fields import documented
-from ...karras import RHO, SIGMA_MAX, SIGMA_MIN
 from ...streams import StepRandom
-from ..losses import LossName, make_distance
+from ..losses import make_distance
 from ..schedules import ct_num_scales, ct_target_ema, training_grid
 from .base import ObjectiveOutput, TargetObjective
 from .common import check_batch, frozen_copy, grid_pair
-from .consistency import consistency_loss
+from .consistency import CurriculumOptions, consistency_loss
 
 
 @dataclass
-class CTOptions:
+class CTOptions(CurriculumOptions):
     """Options of :class:`CTObjective`; ``total_steps`` is K of the ``N(k)`` schedule (set to the run's steps)."""
 
-    total_steps: int = documented(help="K of the N(k) schedule (the run's --steps)")
     s0: int = documented(2, "initial number of grid intervals N(0) - 1")
     s1: int = documented(150, "final number of grid intervals")
     mu0: float = documented(0.95, "target EMA rate at N(0) (CT only)")
-    loss: LossName = documented("l2", "distance d: l2, pseudo_huber or lpips")
-    huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
-    lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
-    sigma_min: float = documented(SIGMA_MIN, "smallest sigma of the grid")
-    sigma_max: float = documented(SIGMA_MAX, "largest sigma of the grid")
-    rho: float = documented(RHO, "Karras grid exponent")
 
     def __post_init__(self) -> None:
-        if self.total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1 (the run's length K), got {self.total_steps}")
+        super().__post_init__()
         ct_target_ema(0, self.total_steps, self.s0, self.s1, self.mu0)  # validates s0, s1, mu0
 
 

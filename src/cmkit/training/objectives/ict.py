@@ -18,34 +18,26 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ...fields import documented
-from ...karras import RHO, SIGMA_MAX, SIGMA_MIN
 from ...streams import StepRandom
 from ..losses import LossName, make_distance
 from ..schedules import ict_num_scales, lognormal_pair_probs, training_grid
 from .base import BaseObjective, ObjectiveOutput
 from .common import check_batch, grid_pair, per_sample
-from .consistency import consistency_loss
+from .consistency import CurriculumOptions, consistency_loss
 
 
 @dataclass
-class ICTOptions:
+class ICTOptions(CurriculumOptions):
     """Options of :class:`ICTObjective`; ``total_steps`` is K of the ``N(k)`` curriculum (set to the run's steps)."""
 
-    total_steps: int = documented(help="K of the N(k) curriculum (the run's --steps)")
     s0: int = documented(10, "initial number of grid intervals")
     s1: int = documented(1280, "final number of grid intervals")
     p_mean: float = documented(-1.1, "mean of the lognormal pair distribution")
     p_std: float = documented(2.0, "standard deviation of the lognormal pair distribution")
     loss: LossName = documented("pseudo_huber", "distance d: l2, pseudo_huber or lpips")
-    huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
-    lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
-    sigma_min: float = documented(SIGMA_MIN, "smallest sigma of the grid")
-    sigma_max: float = documented(SIGMA_MAX, "largest sigma of the grid")
-    rho: float = documented(RHO, "Karras grid exponent")
 
     def __post_init__(self) -> None:
-        if self.total_steps < 1:
-            raise ValueError(f"total_steps must be >= 1 (the run's length K), got {self.total_steps}")
+        super().__post_init__()
         ict_num_scales(0, self.total_steps, self.s0, self.s1)  # validates s0, s1
 
 
