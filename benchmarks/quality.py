@@ -84,7 +84,8 @@ def train(
     """
     from cmkit.training.build import load_denoiser
     from cmkit.training.config import DataConfig, TrainConfig
-    from cmkit.training.loop import INFO_FILE, train as run_training
+    from cmkit.training.loop import train as run_training
+    from cmkit.training.report import INFO_FILE
 
     config = TrainConfig(
         method=method,  # type: ignore[arg-type]

@@ -123,3 +123,33 @@ def edm_sampling_sigmas(num_steps: int, sigma_min: float = SIGMA_MIN, sigma_max:
     from .karras import karras_sigmas
 
     return torch.cat([karras_sigmas(num_steps, sigma_min, sigma_max, rho), torch.zeros(1, dtype=torch.float64)])
+
+
+@torch.no_grad()
+def sample_from_noise(
+    model: DenoiseFn,
+    noise: Tensor,
+    generator: GeneratorArg = None,
+    *,
+    parameterization: str = "consistency",
+    class_labels: Optional[Tensor] = None,
+    heun_steps: int = 18,
+    sigma_min: float = SIGMA_MIN,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    clip_denoised: bool = False,
+) -> Tensor:
+    """Evaluation samples from standard-normal ``noise``: the one driver that training reports and metrics share.
+
+    A consistency function takes one step from ``sigma_max`` (CM Algorithm 1 with one sigma); an EDM denoiser
+    (``parameterization="edm"``) is integrated by :func:`sample_heun` over ``heun_steps`` Karras levels
+    (``2 * heun_steps - 1`` NFE). ``clip_denoised`` clamps the result to [-1, 1] (images).
+    """
+    x = noise * sigma_max
+    if parameterization == "edm":
+        out = sample_heun(model, x, edm_sampling_sigmas(heun_steps, sigma_min, sigma_max, rho), class_labels=class_labels)
+        return out.clamp(-1.0, 1.0) if clip_denoised else out
+    sigmas = torch.tensor([sigma_max], dtype=torch.float64)
+    return sample_consistency(
+        model, x, sigmas, generator, class_labels=class_labels, sigma_min=sigma_min, clip_denoised=clip_denoised
+    )

@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from ..training.distributed import CollectiveError
-    from ..training.loop import INFO_FILE, NonFiniteLossError, train
+    from ..training.loop import NonFiniteLossError, train
+    from ..training.report import INFO_FILE
     from ..training.preemption import TrainingStopped
 
     config = build_config(args)

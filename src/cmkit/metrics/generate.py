@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..models.denoiser import Denoiser
 from ..rng import randn
-from ..sampling import edm_sampling_sigmas, sample_heun
+from ..sampling import sample_from_noise
 
 
 def _to_model_space(images: Tensor) -> Tensor:
@@ -87,12 +87,14 @@ def generate_heun_samples(
     config = pipe.scheduler.config
     sigma_min, sigma_max = float(config.sigma_min), float(config.sigma_max)
     denoiser = Denoiser(pipe.unet, "edm", sigma_min=sigma_min, sigma_data=float(config.sigma_data))
-    sigmas = edm_sampling_sigmas(heun_steps, sigma_min, sigma_max, float(config.rho))
     generator = torch.Generator().manual_seed(seed)
     parts = []
     for n, labels in _batches(num_samples, batch_size, class_labels):
-        x = randn((n, *pipe.sample_shape), generator=generator, device=pipe.device, dtype=pipe.dtype) * sigma_max
+        noise = randn((n, *pipe.sample_shape), generator=generator, device=pipe.device, dtype=pipe.dtype)
         labels = None if labels is None else labels.to(pipe.device)
-        sample = sample_heun(denoiser, x, sigmas, class_labels=labels).float()
-        parts.append(sample.clamp(-1, 1) if sample.ndim == 4 else sample)
+        sample = sample_from_noise(
+            denoiser, noise, parameterization="edm", class_labels=labels, heun_steps=heun_steps, sigma_min=sigma_min,
+            sigma_max=sigma_max, rho=float(config.rho), clip_denoised=noise.ndim == 4,
+        )
+        parts.append(sample.float())
     return torch.cat(parts)

@@ -17,7 +17,6 @@ SIGTERM and SIGINT stop the run after the current step with a checkpoint (:mod:`
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -29,11 +28,9 @@ import torch
 from torch import nn
 
 from ..data import DataSource
-from ..io.atomic import atomic_write_text
-from ..karras import SIGMA_MAX
-from ..rng import randn
-from ..sampling import edm_sampling_sigmas, sample_consistency, sample_heun
 from . import checkpoint as ckpt
+from . import report
+from .report import CONFIG_FILE
 from .build import (
     build_data,
     build_model,
@@ -44,17 +41,14 @@ from .build import (
 from .config import TrainConfig
 from .distributed import DistContext, setup_distributed
 from .ema import EMA, ema_key
-from .export import export_pipeline
 from .metrics_log import append_metrics, keep_metrics_up_to
 from .objectives import Objective, method_spec
-from .plots import save_image_grid, save_loss_curve, save_scatter
+from .plots import save_loss_curve
 from .preemption import StopSignals, TrainingStopped
 from ..streams import StepRandom, step_seed
 
 #: stream of :func:`step_seed` that reseeds the global RNG at every step (dropout and anything else global).
 GLOBAL_RNG_STREAM = 13
-CONFIG_FILE = "train_config.json"
-INFO_FILE = "training_info.json"
 METRICS_FILE = "metrics.jsonl"
 #: fields that may change between a run and its resumption without changing the trained weights.
 RESUMABLE_CHANGES = frozenset(
@@ -286,45 +280,20 @@ class Trainer:
             return self.model.eval()
         return self.ema.copy_model(self.model, rate)
 
-    @torch.no_grad()
     def generate(self, model: nn.Module, n: int) -> torch.Tensor:
-        """``n`` samples from ``model``: one consistency step, or EDM Heun with 18 steps (35 NFE) for a teacher."""
-        device = self.ctx.device
-        g = torch.Generator().manual_seed(self.config.seed)
-        x = randn((n, *self.data.sample_shape), generator=g, device=device) * SIGMA_MAX
-        labels = torch.arange(n, device=device) % self.data.num_classes if self.data.num_classes else None
-        if getattr(model, "parameterization", "consistency") == "edm":
-            return sample_heun(model, x, edm_sampling_sigmas(18), class_labels=labels)
-        clip = self.data.kind == "images"
-        return sample_consistency(model, x, torch.tensor([SIGMA_MAX]), g, class_labels=labels, clip_denoised=clip)
+        """``n`` report samples of ``model`` (:func:`cmkit.training.report.generate`)."""
+        return report.generate(model, self.data, n, self.config.seed, self.ctx.device)
 
     def save_samples(self, step: int) -> Path:
         """A sample grid (images) or scatter plot (2-D points) of the evaluation model at ``step``."""
         samples = self.generate(self.eval_model(), self.config.num_samples)
-        path = self.output_dir / "samples" / f"step-{step:08d}.png"
-        if self.data.kind == "points" and samples.ndim == 2 and samples.shape[1] == 2:
-            reference, _ = self.data.batch(self.config.seed + 1, 0, 2000)
-            return save_scatter(samples, path, reference, title=f"{self.config.method}, step {step}")
-        if samples.ndim == 4:
-            return save_image_grid(samples, path, scale=max(1, 64 // samples.shape[-1]))
-        return path
+        return report.save_samples(samples, self.data, self.config, self.output_dir / "samples" / f"step-{step:08d}.png", step)
 
     def export(self, seconds: float, steps_run: int, train_seconds: float) -> Path:
-        """Write the pipeline directory (exported weights + scheduler), the config and the run's info."""
-        cfg = self.config
-        model = self.eval_model()
-        net = getattr(model, "net", model)
-        parameterization = getattr(model, "parameterization", method_spec(cfg.method).parameterization)
-        n_timesteps = scheduler_num_timesteps(cfg, self.objective)
-        export_pipeline(
-            self.output_dir, net, parameterization=parameterization, num_train_timesteps=n_timesteps,
-            clip_denoised=self.data.kind == "images", tau=cfg.tau,
-        )
-        cfg.to_json(self.output_dir / CONFIG_FILE)
+        """Write the pipeline directory, the config and the run's info (:func:`cmkit.training.report.write_outputs`)."""
+        cfg, model = self.config, self.eval_model()
         rate = cfg.exported_ema_rate
         info = {
-            "method": cfg.method,
-            "parameterization": parameterization,
             "exported_weights": "online" if rate is None else ema_key(rate),
             "steps": cfg.steps,
             "steps_this_session": steps_run,
@@ -332,13 +301,12 @@ class Trainer:
             "train_step_seconds_this_session": round(train_seconds, 3),
             "world_size": self.ctx.world_size,
             "final_loss": self.losses[-1] if self.losses else None,
-            "scheduler_num_train_timesteps": n_timesteps,
-            "sample_shape": list(self.data.sample_shape),
-            "class_names": list(getattr(self.data, "class_names", [])),
-            "num_train_samples": len(self.data) if hasattr(self.data, "__len__") else None,
         }
-        atomic_write_text(self.output_dir / INFO_FILE, json.dumps(info, indent=2) + "\n")
-        return self.output_dir
+        return report.write_outputs(
+            self.output_dir, cfg, model, self.data,
+            parameterization=getattr(model, "parameterization", method_spec(cfg.method).parameterization),
+            num_train_timesteps=scheduler_num_timesteps(cfg, self.objective), info=info,
+        )
 
 
 def _check_resumable(saved: TrainConfig, new: TrainConfig) -> None:
