@@ -587,3 +587,82 @@ def test_unrecognised_layout_names_the_keys_seen_and_expected(tmp_path):
     seen = rf"'model': \{{'time_embed.0.weight'.*\({len(sd)} entries\)"
     with pytest.raises(ValueError, match=expected + ".*" + seen + ".*find_openai_state_dict"):
         openai_unet_config({"model": sd}, sample_size=8)
+
+
+# ------------------------------------------------------------------------- published presets and the escape hatch
+
+
+@pytest.mark.parametrize("name, classes", [("imagenet64", None), ("lsun256", 10)])
+def test_published_layouts_are_recognised_with_or_without_classes(name, classes):
+    sd, _ = openai_checkpoint(device="meta", **{**PUBLISHED[name], "num_classes": classes})
+    config = openai_unet_config(sd)
+    with torch.device("meta"):
+        published = UNet2DModel(**unet_preset_config(name, num_class_embeds=classes))  # type: ignore[arg-type]
+    assert config == dict(published.config)
+
+
+def test_unknown_architecture_without_config_names_what_it_saw_and_the_fix(tmp_path, capsys):
+    with pytest.raises(ValueError) as err:
+        convert_openai_state_dict(_sd())
+    message = str(err.value)
+    assert "model_channels=32, 6 input_blocks, 6 output_blocks, 7 classes" in message
+    assert "as imagenet64: input_blocks.0.0.weight has shape (32, 3, 3, 3)" in message
+    assert "as lsun256: " in message and "--unet-config FILE" in message and "--preset NAME" in message
+    # a published layout with one difference (learned sigma: 6 outputs) names the key, then converts as a preset
+    # plus that override
+    sd, _ = openai_checkpoint(device="meta", **{**PUBLISHED["imagenet64"], "out_channels": 6})
+    with pytest.raises(ValueError, match=r"as imagenet64: out.2.weight has shape \(6, 192, 3, 3\)"):
+        openai_unet_config(sd)
+    config = openai_unet_config(sd, preset="imagenet64", unet_config={"out_channels": 6})
+    assert config == {**openai_unet_config(openai_checkpoint(device="meta", **PUBLISHED["imagenet64"])[0]),
+                      "out_channels": 6}  # fmt: skip
+    from cmkit.cli import main
+
+    torch.save(_sd(), tmp_path / "mine.pt")
+    args = ["convert", "--checkpoint", str(tmp_path / "mine.pt"), "--out", str(tmp_path / "o"), "--scheduler", "cd"]
+    assert main(args) == 1 and "--unet-config" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unet_config_file_and_preset_overrides_convert_like_a_mapping(tmp_path):
+    sd = _sd()
+    config, reference = convert_openai_state_dict(sd, unet_config=_cfg(), sample_size=8, attention_head_dim=32)
+    UNet2DModel.from_config(config).save_config(tmp_path / "unet")  # diffusers' config.json, with _class_name
+    for given in (tmp_path / "unet" / "config.json", str(tmp_path / "unet")):
+        from_file, converted = convert_openai_state_dict(sd, unet_config=given)
+        assert from_file == config
+        _assert_same_weights(converted, reference)
+    # the LSUN-like architecture as the lsun256 preset plus the keys that differ, in Python and on the CLI
+    from cmkit.cli import main
+
+    lsun_like, _ = openai_checkpoint(**ARCHS["lsun_like"], seed=6)
+    _, reference = convert_openai_state_dict(
+        lsun_like, unet_config=unet_config(**ARCHS["lsun_like"]), sample_size=8, attention_head_dim=32
+    )
+    overrides = {k: unet_config(**ARCHS["lsun_like"])[k] for k in
+                 ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "out_channels")}  # fmt: skip
+    kw = dict(preset="lsun256", sample_size=8, attention_head_dim=32)
+    _assert_same_weights(convert_openai_state_dict(lsun_like, unet_config=overrides, **kw)[1], reference)
+    torch.save(lsun_like, tmp_path / "ct.pt")
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides))
+    assert main(["convert", "--checkpoint", str(tmp_path / "ct.pt"), "--out", str(tmp_path / "pipe"), "--scheduler",
+                 "ct_lsun256", "--preset", "lsun256", "--unet-config", str(tmp_path / "overrides.json"),
+                 "--sample-size", "8", "--attention-head-dim", "32"]) == 0  # fmt: skip
+    _assert_same_weights(UNet2DModel.from_pretrained(tmp_path / "pipe" / "unet").state_dict(), reference)
+
+
+def test_unet_configs_an_openai_unet_cannot_have_are_refused(tmp_path):
+    sd = _sd()
+    with pytest.raises(ValueError, match=r"cannot have norm_num_groups=8 \(OpenAI: 32\)"):
+        _converted(sd, unet_config=None, preset="tiny")
+    with pytest.raises(ValueError, match=r"flip_sin_to_cos=False \(OpenAI: True\)"):
+        _converted(sd, unet_config={**_cfg(), "flip_sin_to_cos": False})
+    with pytest.raises(ValueError, match="UNet2DModel does not take: channels"):
+        _converted(sd, unet_config={**_cfg(), "channels": 3})
+    with pytest.raises(ValueError, match="unknown UNet preset 'huge'"):
+        _converted(sd, preset="huge")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a UNet2DModel config"):
+        _converted(sd, unet_config=tmp_path / "list.json")
+    with pytest.raises(FileNotFoundError):
+        _converted(sd, unet_config=tmp_path / "absent.json")
