@@ -13,8 +13,8 @@ be used, with the shape the config needs.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Union
 
@@ -27,7 +27,7 @@ from ..models.presets import PresetName, unet_preset_config
 from ..models.unet import UNet2DModel
 from ..pipeline import ConsistencyModelPipeline
 from ..schedulers.cm import CMStochasticIterativeScheduler
-from .unwrap import FoundStateDict, describe_keys, find_state_dict
+from .unwrap import FoundStateDict, describe_keys, find_state_dict, unwrap_state_dict
 from .weights import load_state_dict, load_torch_file
 
 QKVLayout = Literal["qkv_major", "head_major"]
@@ -41,6 +41,7 @@ PUBLISHED_PRESETS: tuple[PresetName, ...] = ("imagenet64", "lsun256")
 #: a key every OpenAI UNet state dict has (the input convolution), and others that show the layout in messages.
 OPENAI_MARKER_KEY = "input_blocks.0.0.weight"
 _OPENAI_EXAMPLE_KEYS = (OPENAI_MARKER_KEY, "time_embed.0.weight", "middle_block.0.in_layers.0.weight", "out.2.weight")
+_OPENAI_UNET: dict[str, Any] = {"what": "OpenAI UNet", "expected": _OPENAI_EXAMPLE_KEYS}
 #: what the weights cannot show but every OpenAI UNet is: GroupNorm32 (32 groups, eps 1e-5), a [cos, sin]
 #: sinusoidal time embedding, SiLU, a class table added to the time embedding, a mid block with attention.
 OPENAI_FIXED: dict[str, Any] = {
@@ -48,8 +49,10 @@ OPENAI_FIXED: dict[str, Any] = {
     "time_embedding_type": "positional", "center_input_sample": False, "class_embed_type": None,
     "mid_block_type": "UNetMidBlock2D", "mid_block_scale_factor": 1, "downsample_padding": 1,
 }  # fmt: skip
-_RESBLOCK_PARTS = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
-                   ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))  # fmt: skip
+_RESBLOCK_PARTS = (
+    ("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"), ("norm2", "out_layers.0"),
+    ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,31 +69,14 @@ class _Source:
 def find_openai_state_dict(
     checkpoint: Any, state_dict_key: Optional[str] = None, source: str = "the checkpoint"
 ) -> FoundStateDict:
-    """The OpenAI UNet state dict in a loaded checkpoint: bare, wrapped (``{"ema": sd}``, ``{"model": sd}``,
-    ``{"state_dict": sd}``, nested ones) or with every key prefixed (``module.``, ``_orig_mod.``).
-
-    When there are several, EMA weights are taken first (see :mod:`cmkit.io.unwrap`); ``state_dict_key`` names
-    another (``"model"``, ``"state_dict/module."``; the names are listed in the result's ``alternatives``).
-    Nothing recognisable is a ``ValueError`` that shows the keys found and the keys expected.
-    """
-    return find_state_dict(
-        checkpoint, OPENAI_MARKER_KEY, what="OpenAI UNet", expected=_OPENAI_EXAMPLE_KEYS, name=state_dict_key,
-        source=source,
-    )  # fmt: skip
+    """The OpenAI UNet state dict in a loaded checkpoint: bare, wrapped (``{"ema": sd}``, ``{"state_dict": sd}``,
+    nested) or with prefixed keys (``module.``); EMA weights first, or the one ``state_dict_key`` names (the result
+    lists the ``alternatives``). See :mod:`cmkit.io.unwrap`."""
+    return find_state_dict(checkpoint, OPENAI_MARKER_KEY, **_OPENAI_UNET, name=state_dict_key, source=source)
 
 
 def _unwrapped(checkpoint: Any, state_dict_key: Optional[str], source: str) -> dict[str, Tensor]:
-    """The state dict to convert; a warning says which one when there was a choice."""
-    found = find_openai_state_dict(checkpoint, state_dict_key, source)
-    if found.alternatives and state_dict_key is None:
-        warnings.warn(
-            f"{source} holds {len(found.alternatives) + 1} UNet state dicts; converting {found.describe()} "
-            f"(state_dict_key={found.name!r}; EMA weights are preferred). Others: "
-            f"{', '.join(repr(n) for n in found.alternatives)}; choose one with state_dict_key (cmkit convert "
-            "--state-dict-key)",
-            stacklevel=3,
-        )
-    return found.state_dict
+    return unwrap_state_dict(checkpoint, OPENAI_MARKER_KEY, **_OPENAI_UNET, name=state_dict_key, source=source)
 
 
 # ---------------------------------------------------------------------------------------------------- config
@@ -104,7 +90,7 @@ def _check_checkpoint(sd: Mapping[str, Tensor], num_classes: Optional[int], clas
             f"found {describe_keys(sd)}. For a wrapped or prefixed checkpoint, use convert_openai_state_dict or "
             "find_openai_state_dict(...).state_dict"
         )
-    counts = []
+    seen = [f"model_channels={tuple(sd[OPENAI_MARKER_KEY].shape)[0]}"]
     for group in ("input_blocks", "output_blocks"):
         found = {int(k.split(".")[1]) for k in sd if k.startswith(f"{group}.") and k.split(".")[1].isdigit()}
         gaps = sorted(set(range(max(found, default=-1) + 1)) - found)
@@ -113,22 +99,14 @@ def _check_checkpoint(sd: Mapping[str, Tensor], num_classes: Optional[int], clas
                 f"{group}.{gaps[0]} has no weights. A parameter-free layer there (average-pool downsampling or "
                 "upsampling without a convolution, i.e. conv_resample=False) cannot be represented by UNet2DModel"
             )
-        counts.append(f"{len(found)} {group}")
+        seen.append(f"{len(found)} {group}")
     classes = int(sd["label_emb.weight"].shape[0]) if "label_emb.weight" in sd else None
-    if class_cond is True and classes is None:
-        raise ValueError("class_cond=True, but the checkpoint has no label_emb.weight: it is unconditional")
-    if class_cond is False and classes is not None:
-        raise ValueError(
-            f"class_cond=False, but the checkpoint has label_emb.weight ({classes} classes); it is class-conditional "
-            "and would compute something else without it"
-        )
-    if num_classes is not None and num_classes != classes:
-        raise ValueError(
-            f"num_classes={num_classes}, but label_emb.weight has {classes} classes" if classes else
-            f"num_classes={num_classes}, but the checkpoint has no label_emb.weight: it is unconditional"
-        )  # fmt: skip
-    model_channels = tuple(sd[OPENAI_MARKER_KEY].shape)[0]
-    return f"model_channels={model_channels}, {', '.join(counts)}, {classes or 'no'} classes"
+    if class_cond not in (None, classes is not None) or num_classes not in (None, classes):
+        flags = [f"{n}={v}" for n, v in (("class_cond", class_cond), ("num_classes", num_classes)) if v is not None]
+        has = f"label_emb.weight ({classes} classes): it is class-conditional" if classes is not None else (
+            "no label_emb.weight: it is unconditional")  # fmt: skip
+        raise ValueError(f"{', '.join(flags)}, but the checkpoint has {has}. These options only check the weights")
+    return ", ".join(seen + [f"{classes or 'no'} classes"])
 
 
 def _given_config(unet_config: Optional[UNetConfigLike], preset: Optional[PresetName]) -> dict[str, Any]:
@@ -136,45 +114,37 @@ def _given_config(unet_config: Optional[UNetConfigLike], preset: Optional[Preset
     if isinstance(unet_config, (str, os.PathLike)):
         unet_config = UNet2DModel.load_config(unet_config)
     if not isinstance(unet_config, (Mapping, type(None))):
-        raise ValueError(f"unet_config must be a UNet2DModel config (a JSON object), not a {type(unet_config).__name__}")
+        raise ValueError(f"unet_config must be a UNet2DModel config (a JSON object), not {type(unet_config).__name__}")
     given = {k: v for k, v in (unet_config or {}).items() if not k.startswith("_")}
     return unet_preset_config(preset, **given) if preset is not None else given
-
-
-def _head_dim(sd: Mapping[str, Tensor], config_value: Any, attention_head_dim: Optional[int],
-              num_heads: Optional[int]) -> int:  # fmt: skip
-    """The attention head width: the one given, or from ``num_heads``; checked to divide every ``qkv`` layer."""
-    if num_heads is not None and attention_head_dim is not None:
-        raise ValueError("pass either attention_head_dim or num_heads, not both")
-    channels = sorted({int(v.shape[0]) // 3 for k, v in sd.items() if k.endswith(".qkv.weight")})
-    if num_heads is not None:
-        if len({c // num_heads for c in channels}) > 1 or any(c % num_heads for c in channels):
-            raise ValueError(
-                f"num_heads={num_heads} gives different head widths for attention layers of {channels} channels; "
-                "UNet2DModel uses one attention_head_dim, so pass that instead"
-            )
-        return channels[0] // num_heads if channels else config_value
-    head_dim = require_int("attention_head_dim", config_value if attention_head_dim is None else attention_head_dim, 1)
-    bad = [c for c in channels if c % head_dim]
-    if bad:
-        raise ValueError(f"attention_head_dim={head_dim} does not divide the attention channels {bad}")
-    return head_dim
 
 
 def _openai_config(
     sd: Mapping[str, Tensor], config: Mapping[str, Any], attention_head_dim: Optional[int],
     num_heads: Optional[int], sample_size: Optional[int],
 ) -> dict[str, Any]:  # fmt: skip
-    """``config`` with the values every OpenAI UNet has (conflicting ones refused) and the explicit options."""
+    """``config`` with what every OpenAI UNet has (other values refused) and the explicit options, checked."""
     conflicts = [f"{k}={config[k]!r} (OpenAI: {v!r})" for k, v in OPENAI_FIXED.items() if config.get(k, v) != v]
     if conflicts:
         raise ValueError(f"an OpenAI UNet cannot have {', '.join(conflicts)}; remove these keys from the UNet config")
-    out = {**config, **OPENAI_FIXED}
+    if num_heads is not None and attention_head_dim is not None:
+        raise ValueError("pass either attention_head_dim or num_heads, not both")
+    out = {"attention_head_dim": 64, **config, **OPENAI_FIXED}  # 64: every published model's --num_head_channels
     if out.get("resnet_time_scale_shift") == "scale_shift" and out.get("attn_norm_num_groups") is None:
         out["attn_norm_num_groups"] = OPENAI_FIXED["norm_num_groups"]  # OpenAI's mid attention always normalises
-    # 64 by default: the --num_head_channels of every published model
-    out["attention_head_dim"] = _head_dim(sd, out.get("attention_head_dim", 64), attention_head_dim, num_heads)
-    out["sample_size"] = sample_size if sample_size is not None else out.get("sample_size")
+    channels = sorted({int(v.shape[0]) // 3 for k, v in sd.items() if k.endswith(".qkv.weight")})  # attention widths
+    if num_heads is not None and channels:
+        if len({c // num_heads for c in channels}) > 1 or any(c % num_heads for c in channels):
+            raise ValueError(
+                f"num_heads={num_heads} gives different head widths for attention layers of {channels} channels; "
+                "UNet2DModel uses one attention_head_dim, so pass that instead"
+            )
+        attention_head_dim = channels[0] // num_heads
+    head_dim = require_int("attention_head_dim", out["attention_head_dim"] if attention_head_dim is None else
+                           attention_head_dim, 1)  # fmt: skip
+    if any(c % head_dim for c in channels):
+        raise ValueError(f"attention_head_dim={head_dim} does not divide the attention channels {channels}")
+    out.update(attention_head_dim=head_dim, sample_size=out.get("sample_size") if sample_size is None else sample_size)
     if out["sample_size"] is None:
         raise ValueError(
             "the image size is not stored in the weights; put sample_size in the UNet config or pass sample_size "
@@ -186,30 +156,21 @@ def _openai_config(
 # ----------------------------------------------------------------------------------------------- key mapping
 
 
-def _as_linear(key: str) -> Callable[[Tensor], Tensor]:
-    def squeeze(w: Tensor) -> Tensor:
-        if w.ndim > 2 and all(s == 1 for s in w.shape[2:]):
-            return w.reshape(w.shape[0], w.shape[1])
-        if w.ndim <= 2:
-            return w
+def _as_linear(key: str, w: Tensor) -> Tensor:
+    """A 1x1 convolution's weight (or a bias) as a linear layer's."""
+    if w.ndim > 2 and any(size != 1 for size in w.shape[2:]):
         raise ValueError(f"{key} has shape {tuple(w.shape)}; expected a 1x1 convolution")
+    return w.reshape(w.shape[0], w.shape[1]) if w.ndim > 2 else w
 
-    return squeeze
 
-
-def _qkv_part(key: str, part: int, heads: int, layout: QKVLayout) -> Callable[[Tensor], Tensor]:
-    """Slice q (0), k (1) or v (2) out of a fused qkv weight or bias."""
-
-    def take(w: Tensor) -> Tensor:
-        w = _as_linear(key)(w) if w.ndim > 1 else w
-        rows = w.shape[0]
-        if rows % (3 * heads):
-            raise ValueError(f"{key} has {rows} output channels, not divisible into q, k, v for {heads} heads")
-        if layout == "head_major":  # rows ordered (head, q/k/v, dim): guided-diffusion's QKVAttentionLegacy
-            w = w.reshape(heads, 3, rows // (3 * heads), *w.shape[1:]).transpose(0, 1).reshape(rows, *w.shape[1:])
-        return w.chunk(3, dim=0)[part].clone()
-
-    return take
+def _qkv_part(key: str, part: int, heads: int, layout: QKVLayout, w: Tensor) -> Tensor:
+    """q (0), k (1) or v (2) out of a fused qkv weight or bias."""
+    w, rows = _as_linear(key, w), w.shape[0]
+    if rows % (3 * heads):
+        raise ValueError(f"{key} has {rows} output channels, not divisible into q, k, v for {heads} heads")
+    if layout == "head_major":  # rows ordered (head, q/k/v, dim): guided-diffusion's QKVAttentionLegacy
+        w = w.reshape(heads, 3, rows // (3 * heads), *w.shape[1:]).transpose(0, 1).reshape(rows, *w.shape[1:])
+    return w.chunk(3, dim=0)[part].clone()
 
 
 def _plain(ours: str, theirs: str) -> dict[str, _Source]:
@@ -227,10 +188,10 @@ def _attention(ours: str, theirs: str, heads: int, layout: QKVLayout) -> dict[st
     for part, name in enumerate(("to_q", "to_k", "to_v")):
         for leaf in ("weight", "bias"):
             key = f"{theirs}.qkv.{leaf}"
-            out[f"{ours}.{name}.{leaf}"] = _Source(key, _qkv_part(key, part, heads, layout))
-    out[f"{ours}.to_out.0.weight"] = _Source(f"{theirs}.proj_out.weight", _as_linear(f"{theirs}.proj_out.weight"))
-    out[f"{ours}.to_out.0.bias"] = _Source(f"{theirs}.proj_out.bias")
-    return out
+            out[f"{ours}.{name}.{leaf}"] = _Source(key, partial(_qkv_part, key, part, heads, layout))
+    proj = f"{theirs}.proj_out"
+    return {**out, f"{ours}.to_out.0.weight": _Source(f"{proj}.weight", partial(_as_linear, f"{proj}.weight")),
+            f"{ours}.to_out.0.bias": _Source(f"{proj}.bias")}  # fmt: skip
 
 
 def openai_sources(config: Mapping[str, Any], qkv_layout: QKVLayout = "qkv_major") -> dict[str, _Source]:
@@ -266,11 +227,12 @@ def _checked_sources(
     (the transforms run on meta copies), so a 500M-parameter checkpoint is checked at no cost."""
     with torch.device("meta"):
         model = UNet2DModel.from_config(config)
-    full = dict(model.config)
-    sources = openai_sources(full, qkv_layout)
+    full, targets = dict(model.config), model.state_dict()
+    every = openai_sources(full, qkv_layout)
+    sources = {key: every[key] for key in targets}  # the map covers every key these configs can produce
     meta = {k: v.to("meta") for k, v in sd.items()}
-    for key, target in model.state_dict().items():
-        source = sources[key]  # the map covers every key the configs above can produce
+    for key, target in targets.items():
+        source = sources[key]
         if source.key not in sd:
             raise ValueError(f"checkpoint lacks {source.key!r} (needed for {key}); it does not fit the UNet config")
         value = source.read(meta)
@@ -279,12 +241,11 @@ def _checked_sources(
                 f"{source.key} has shape {tuple(sd[source.key].shape)}, which gives {tuple(value.shape)} for {key}; "
                 f"the UNet config needs {tuple(target.shape)}"
             )
-    used = {sources[key].key for key in model.state_dict()}
-    unknown = sorted(set(sd) - used)
+    unknown = sorted(set(sd) - {source.key for source in sources.values()})
     if unknown:
         shown = ", ".join(unknown[:8]) + (f", ... ({len(unknown) - 8} more)" if len(unknown) > 8 else "")
         raise ValueError(f"checkpoint keys that do not fit the UNet config's OpenAI layout: {shown}")
-    return full, {key: sources[key] for key in model.state_dict()}
+    return full, sources
 
 
 def _resolve(
@@ -314,9 +275,6 @@ def _resolve(
     )
 
 
-# ---------------------------------------------------------------------------------------------- conversion
-
-
 def openai_unet_config(state_dict: Mapping[str, Tensor], **options: Any) -> dict[str, Any]:
     """The UNet2DModel config of a bare OpenAI state dict, checked key by key and shape by shape against it
     (``options`` are those of :func:`convert_openai_state_dict`)."""
@@ -342,21 +300,13 @@ def convert_openai_state_dict(
 
 
 def convert_openai_checkpoint(
-    checkpoint_path: Union[str, os.PathLike],
-    out_dir: Union[str, os.PathLike],
-    *,
-    scheduler: SchedulerPreset,
-    dtype: torch.dtype = torch.float32,
-    state_dict_key: Optional[str] = None,
-    **options: Any,
-) -> Path:
+    checkpoint_path: Union[str, os.PathLike], out_dir: Union[str, os.PathLike], *, scheduler: SchedulerPreset,
+    dtype: torch.dtype = torch.float32, state_dict_key: Optional[str] = None, **options: Any,
+) -> Path:  # fmt: skip
     """Convert an OpenAI ``.pt`` (loaded with ``weights_only=True``) or ``.safetensors`` file into a
     ConsistencyModelPipeline directory (``model_index.json``, ``unet/``, ``scheduler/``); returns ``out_dir``.
-
-    When the file holds several state dicts (e.g. ``model`` and ``ema``), the EMA weights are converted with a
-    warning, or the one ``state_dict_key`` names. ``options`` are those of :func:`convert_openai_state_dict`.
-    ``scheduler`` picks the published Karras grid: ``"cd"`` (N=40), ``"ct_imagenet64"`` (N=201) or
-    ``"ct_lsun256"`` (N=151), all with sigma in [0.002, 80].
+    ``state_dict_key`` and ``options`` are those of :func:`convert_openai_state_dict`. ``scheduler`` picks the
+    published Karras grid, sigma in [0.002, 80]: ``"cd"`` (N=40), ``"ct_imagenet64"`` (201), ``"ct_lsun256"`` (151).
     """
     if scheduler not in SCHEDULER_TIMESTEPS:
         raise ValueError(f"scheduler={scheduler!r} is not known; use one of {sorted(SCHEDULER_TIMESTEPS)}")
