@@ -222,7 +222,8 @@ def unet_config(
         "down_block_types": ["AttnDownBlock2D" if a else down for a in attends],
         "up_block_types": ["AttnUpBlock2D" if a else up for a in reversed(attends)],
         "resnet_time_scale_shift": "scale_shift" if scale_shift else "default",
-        "downsample_type": "resnet" if resblock_updown else "conv", "upsample_type": "resnet" if resblock_updown else "conv",
+        "downsample_type": "resnet" if resblock_updown else "conv",
+        "upsample_type": "resnet" if resblock_updown else "conv",
     }  # fmt: skip
 
 
@@ -639,8 +640,8 @@ def test_unet_config_file_and_preset_overrides_convert_like_a_mapping(tmp_path):
     _, reference = convert_openai_state_dict(
         lsun_like, unet_config=unet_config(**ARCHS["lsun_like"]), sample_size=8, attention_head_dim=32
     )
-    overrides = {k: unet_config(**ARCHS["lsun_like"])[k] for k in
-                 ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "out_channels")}  # fmt: skip
+    differ = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "out_channels")
+    overrides = {k: unet_config(**ARCHS["lsun_like"])[k] for k in differ}
     kw = dict(preset="lsun256", sample_size=8, attention_head_dim=32)
     _assert_same_weights(convert_openai_state_dict(lsun_like, unet_config=overrides, **kw)[1], reference)
     torch.save(lsun_like, tmp_path / "ct.pt")

@@ -79,9 +79,6 @@ def _unwrapped(checkpoint: Any, state_dict_key: Optional[str], source: str) -> d
     return unwrap_state_dict(checkpoint, OPENAI_MARKER_KEY, **_OPENAI_UNET, name=state_dict_key, source=source)
 
 
-# ---------------------------------------------------------------------------------------------------- config
-
-
 def _check_checkpoint(sd: Mapping[str, Tensor], num_classes: Optional[int], class_cond: Optional[bool]) -> str:
     """Checks that need no config (block numbering, the class flags); returns what the weights show, in words."""
     if OPENAI_MARKER_KEY not in sd:
@@ -107,16 +104,6 @@ def _check_checkpoint(sd: Mapping[str, Tensor], num_classes: Optional[int], clas
             "no label_emb.weight: it is unconditional")  # fmt: skip
         raise ValueError(f"{', '.join(flags)}, but the checkpoint has {has}. These options only check the weights")
     return ", ".join(seen + [f"{classes or 'no'} classes"])
-
-
-def _given_config(unet_config: Optional[UNetConfigLike], preset: Optional[PresetName]) -> dict[str, Any]:
-    """The config the caller gave: a mapping or JSON file (diffusers' ``config.json`` too), over ``preset``."""
-    if isinstance(unet_config, (str, os.PathLike)):
-        unet_config = UNet2DModel.load_config(unet_config)
-    if not isinstance(unet_config, (Mapping, type(None))):
-        raise ValueError(f"unet_config must be a UNet2DModel config (a JSON object), not {type(unet_config).__name__}")
-    given = {k: v for k, v in (unet_config or {}).items() if not k.startswith("_")}
-    return unet_preset_config(preset, **given) if preset is not None else given
 
 
 def _openai_config(
@@ -259,7 +246,13 @@ def _resolve(
     seen = _check_checkpoint(sd, num_classes, class_cond)
     options = (attention_head_dim, num_heads, sample_size)
     if unet_config is not None or preset is not None:
-        return _checked_sources(sd, _openai_config(sd, _given_config(unet_config, preset), *options), qkv_layout)
+        if isinstance(unet_config, (str, os.PathLike)):
+            unet_config = UNet2DModel.load_config(unet_config)  # a JSON file, or a directory with config.json
+        if not isinstance(unet_config, (Mapping, type(None))):
+            raise ValueError(f"unet_config must be a UNet2DModel config (a mapping), not {type(unet_config).__name__}")
+        given = {k: v for k, v in (unet_config or {}).items() if not k.startswith("_")}  # "_class_name" etc.
+        config = unet_preset_config(preset, **given) if preset is not None else given
+        return _checked_sources(sd, _openai_config(sd, config, *options), qkv_layout)
     classes = int(sd["label_emb.weight"].shape[0]) if "label_emb.weight" in sd else None
     problems = []
     for name in PUBLISHED_PRESETS:
