@@ -21,7 +21,7 @@ from cmkit.io.openai import (
     convert_openai_checkpoint,
     convert_openai_state_dict,
     find_openai_state_dict,
-    infer_openai_config,
+    openai_unet_config,
 )
 from cmkit.models.modeling import load_exact_state_dict
 from cmkit.models.presets import unet_preset_config
@@ -208,6 +208,25 @@ def openai_forward(sd, plan, x, t, y=None, head_dim=32):
     return conv(F.silu(gn(h, "out.0")), "out.2", padding=1)
 
 
+def unet_config(
+    *, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(2,), resblock_updown=True,
+    scale_shift=True, num_classes=None, in_channels=3, out_channels=3,
+):
+    """The UNet2DModel config a user writes for ``openai_checkpoint``'s architecture (image size and head width
+    left to the call): the escape hatch for architectures that are not published presets."""
+    attends = [2**level in attention_ds for level in range(len(channel_mult))]
+    down, up = ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if resblock_updown else ("DownBlock2D", "UpBlock2D")
+    return {
+        "in_channels": in_channels, "out_channels": out_channels, "layers_per_block": num_res_blocks,
+        "num_class_embeds": num_classes, "block_out_channels": [model_channels * m for m in channel_mult],
+        "down_block_types": ["AttnDownBlock2D" if a else down for a in attends],
+        "up_block_types": ["AttnUpBlock2D" if a else up for a in reversed(attends)],
+        "resnet_time_scale_shift": "scale_shift" if scale_shift else "default",
+        "downsample_type": "resnet" if resblock_updown else "conv",
+        "upsample_type": "resnet" if resblock_updown else "conv",
+    }  # fmt: skip
+
+
 ARCHS = {
     # ImageNet-64 style: FiLM conditioning, residual resampling, attention below full resolution, classes.
     "imagenet_like": dict(channel_mult=(1, 2), num_res_blocks=2, attention_ds=(2,), num_classes=7),
@@ -220,7 +239,9 @@ ARCHS = {
 
 def _convert_and_compare(arch, seed=0, **convert_kwargs):
     sd, plan = openai_checkpoint(seed=seed, **ARCHS[arch])
-    config, converted = convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, **convert_kwargs)
+    config, converted = convert_openai_state_dict(
+        sd, unet_config=unet_config(**ARCHS[arch]), sample_size=8, attention_head_dim=32, **convert_kwargs
+    )
     model = UNet2DModel.from_config(config).eval()
     load_exact_state_dict(model, converted)
     g = torch.Generator().manual_seed(seed + 1)
@@ -247,20 +268,44 @@ def test_converted_model_equals_openai_reference(arch):
         assert (ref(x, t, class_labels=y).sample - expected).abs().max().item() <= TOL
 
 
-def test_inferred_architecture():
+def test_given_config_is_checked_against_the_weights():
+    # Each fact the old inference read from the weights is now checked: a config that gets one wrong is refused,
+    # naming the OpenAI key that shows it.
     sd, _ = openai_checkpoint(**ARCHS["lsun_like"])
-    config = infer_openai_config(sd, sample_size=8, attention_head_dim=32)
+    right = unet_config(**ARCHS["lsun_like"])
+    config = openai_unet_config(sd, unet_config=right, sample_size=8, attention_head_dim=32)
     assert config["block_out_channels"] == [32, 32, 64]
     assert config["layers_per_block"] == 1
     assert config["down_block_types"] == ["ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D", "AttnDownBlock2D"]
     assert config["up_block_types"] == ["AttnUpBlock2D", "ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"]
     assert config["resnet_time_scale_shift"] == "default" and config["out_channels"] == 6
-    assert config["num_class_embeds"] is None and "attn_norm_num_groups" not in config
+    assert config["num_class_embeds"] is None and config["attn_norm_num_groups"] is None
+    wrong = {
+        "block_out_channels": ([32, 32, 32], r"input_blocks.5.1.norm.weight has shape \(64,\)"),
+        "layers_per_block": (2, r"input_blocks.5.0.in_layers.2.weight has shape \(64, 32, 3, 3\)"),
+        "down_block_types": (["ResnetDownsampleBlock2D"] * 3, "do not fit.*input_blocks.5.1.norm.bias"),
+        "up_block_types": (["AttnUpBlock2D"] * 3, "lacks 'output_blocks.2.1.norm.weight'"),
+        "resnet_time_scale_shift": ("scale_shift", r"emb_layers.1.weight has shape \(32, 128\)"),
+        "out_channels": (3, r"out.2.weight has shape \(6, 32, 3, 3\)"),
+        "num_class_embeds": (5, "lacks 'label_emb.weight'"),
+    }
+    for key, (value, message) in wrong.items():
+        with pytest.raises(ValueError, match=message):
+            openai_unet_config(sd, unet_config={**right, key: value}, sample_size=8, attention_head_dim=32)
     sd, _ = openai_checkpoint(**ARCHS["conv_resample"])
-    config = infer_openai_config(sd, sample_size=8, attention_head_dim=32)
+    right = unet_config(**ARCHS["conv_resample"])
+    config = openai_unet_config(sd, unet_config=right, sample_size=8, attention_head_dim=32)
     assert config["down_block_types"] == ["AttnDownBlock2D", "AttnDownBlock2D"]
     assert config["downsample_type"] == "conv" and config["upsample_type"] == "conv"
     assert config["num_class_embeds"] == 3 and config["resnet_time_scale_shift"] == "scale_shift"
+    for key, value, message in [
+        ("upsample_type", "resnet", "lacks 'output_blocks.1.2.in_layers.0.weight'"),
+        ("downsample_type", "resnet", "lacks 'input_blocks.2.0.in_layers.0.weight'"),
+        ("num_class_embeds", None, "do not fit.*label_emb.weight"),
+        ("resnet_time_scale_shift", "default", r"emb_layers.1.weight has shape \(64, 128\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            openai_unet_config(sd, unet_config={**right, key: value}, sample_size=8, attention_head_dim=32)
 
 
 def test_qkv_split_order():
@@ -274,14 +319,14 @@ def test_qkv_split_order():
     swapped = dict(sd)
     q, k, v = sd["middle_block.1.qkv.weight"].chunk(3)
     swapped["middle_block.1.qkv.weight"] = torch.cat([k, q, v])
-    _, conv_swapped = convert_openai_state_dict(swapped, sample_size=8, attention_head_dim=32)
+    _, conv_swapped = convert_openai_state_dict(swapped, unet_config=_cfg(), sample_size=8, attention_head_dim=32)
     mid = "mid_block.attentions.0"
     assert torch.equal(conv_swapped[f"{mid}.to_q.weight"], converted[f"{mid}.to_k.weight"])
 
 
 def test_head_major_layout_converts_to_the_same_weights():
     sd, _ = openai_checkpoint(**ARCHS["imagenet_like"])
-    _, reference = convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32)
+    _, reference = convert_openai_state_dict(sd, unet_config=_cfg(), sample_size=8, attention_head_dim=32)
     legacy = {}
     for key, value in sd.items():
         if key.endswith(".qkv.weight") or key.endswith(".qkv.bias"):
@@ -290,7 +335,9 @@ def test_head_major_layout_converts_to_the_same_weights():
             # (three, heads, dim) rows -> (heads, three, dim) rows, as guided-diffusion stores them
             value = value.reshape(3, heads, 32, *value.shape[1:]).transpose(0, 1).reshape(value.shape)
         legacy[key] = value
-    _, converted = convert_openai_state_dict(legacy, sample_size=8, attention_head_dim=32, qkv_layout="head_major")
+    _, converted = convert_openai_state_dict(
+        legacy, unet_config=_cfg(), sample_size=8, attention_head_dim=32, qkv_layout="head_major"
+    )
     assert converted.keys() == reference.keys()
     assert all(torch.equal(converted[k], reference[k]) for k in reference)
     heads_2 = [k for k in reference if k.startswith("mid_block.attentions.0.to_q")]
@@ -300,15 +347,15 @@ def test_head_major_layout_converts_to_the_same_weights():
 
 def test_num_heads_and_head_dim_arguments():
     sd, _ = openai_checkpoint(**ARCHS["imagenet_like"])  # attention only at 64 channels
-    config = infer_openai_config(sd, sample_size=8, num_heads=2)
+    config = openai_unet_config(sd, unet_config=_cfg(), sample_size=8, num_heads=2)
     assert config["attention_head_dim"] == 32
     with pytest.raises(ValueError, match="not both"):
-        infer_openai_config(sd, sample_size=8, num_heads=2, attention_head_dim=32)
+        openai_unet_config(sd, unet_config=_cfg(), sample_size=8, num_heads=2, attention_head_dim=32)
     with pytest.raises(ValueError, match="does not divide"):
-        infer_openai_config(sd, sample_size=8, attention_head_dim=48)
+        openai_unet_config(sd, unet_config=_cfg(), sample_size=8, attention_head_dim=48)
     sd, _ = openai_checkpoint(**ARCHS["conv_resample"])  # attention at 32 and 64 channels
     with pytest.raises(ValueError, match="different head widths"):
-        infer_openai_config(sd, sample_size=8, num_heads=2)
+        openai_unet_config(sd, unet_config=unet_config(**ARCHS["conv_resample"]), sample_size=8, num_heads=2)
 
 
 # the published launch.sh flags: --num_channels, channel_mult for the image size, --num_res_blocks,
@@ -337,7 +384,8 @@ def test_convert_checkpoint_writes_a_pipeline(tmp_path, scheduler, n):
     sd, plan = openai_checkpoint(**ARCHS["imagenet_like"], seed=3)
     torch.save(sd, tmp_path / "model.pt")
     out = convert_openai_checkpoint(
-        tmp_path / "model.pt", tmp_path / "pipe", scheduler=scheduler, sample_size=8, attention_head_dim=32
+        tmp_path / "model.pt", tmp_path / "pipe", scheduler=scheduler, unet_config=_cfg(), sample_size=8,
+        attention_head_dim=32,
     )
     index = json.loads((out / "model_index.json").read_text())
     assert index["unet"] == ["diffusers", "UNet2DModel"]
@@ -356,7 +404,7 @@ def test_converted_pipeline_samples_in_cmkit_and_diffusers(tmp_path):
     sd, _ = openai_checkpoint(**ARCHS["imagenet_like"], seed=4)
     torch.save(sd, tmp_path / "cd.pt")
     out = convert_openai_checkpoint(
-        tmp_path / "cd.pt", tmp_path / "pipe", scheduler="cd", sample_size=8, attention_head_dim=32
+        tmp_path / "cd.pt", tmp_path / "pipe", scheduler="cd", unet_config=_cfg(), sample_size=8, attention_head_dim=32
     )
     ours = ConsistencyModelPipeline.from_pretrained(out)
     theirs = diffusers.ConsistencyModelPipeline.from_pretrained(out)
@@ -373,7 +421,9 @@ def test_cli_convert(tmp_path, capsys):
 
     sd, _ = openai_checkpoint(**ARCHS["lsun_like"], seed=5)
     torch.save(sd, tmp_path / "ct.pt")
-    args = ["convert", "--checkpoint", str(tmp_path / "ct.pt"), "--out", str(tmp_path / "pipe")]
+    (tmp_path / "unet.json").write_text(json.dumps(unet_config(**ARCHS["lsun_like"])))
+    args = ["convert", "--checkpoint", str(tmp_path / "ct.pt"), "--out", str(tmp_path / "pipe"), "--unet-config",
+            str(tmp_path / "unet.json")]  # fmt: skip
     rc = main([*args, "--scheduler", "ct_lsun256", "--sample-size", "8", "--attention-head-dim", "32",
                "--no-class-cond", "--dtype", "bfloat16"])  # fmt: skip
     assert rc == 0 and "wrote" in capsys.readouterr().out
@@ -398,45 +448,50 @@ def _sd(**kw):
     return openai_checkpoint(**{**ARCHS["imagenet_like"], **kw})[0]
 
 
+def _cfg(**kw):
+    """The UNet config of ``_sd(**kw)``."""
+    return unet_config(**{**ARCHS["imagenet_like"], **{k: v for k, v in kw.items() if k != "seed"}})
+
+
 def test_class_conditioning_checks():
     sd = _sd()
     with pytest.raises(ValueError, match="class-conditional"):
-        convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, class_cond=False)
+        convert_openai_state_dict(sd, unet_config=_cfg(), sample_size=8, attention_head_dim=32, class_cond=False)
     with pytest.raises(ValueError, match="7 classes"):
-        convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, num_classes=1000)
-    convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, num_classes=7, class_cond=True)
+        convert_openai_state_dict(sd, unet_config=_cfg(), sample_size=8, attention_head_dim=32, num_classes=1000)
+    _converted(sd, num_classes=7, class_cond=True)
     uncond = _sd(num_classes=None)
     with pytest.raises(ValueError, match="unconditional"):
-        convert_openai_state_dict(uncond, sample_size=8, attention_head_dim=32, num_classes=10)
+        _converted(uncond, unet_config=_cfg(num_classes=None), num_classes=10)
 
 
 def test_layout_errors_name_the_key():
     sd = _sd()
     with pytest.raises(ValueError, match="sample_size"):
-        convert_openai_state_dict(sd, attention_head_dim=32)
+        convert_openai_state_dict(sd, unet_config=_cfg(), attention_head_dim=32)  # the config has no sample_size
     with pytest.raises(ValueError, match="'time_embed.0.weight'"):
-        convert_openai_state_dict({k: v for k, v in sd.items() if not k.startswith("time_embed")}, sample_size=8)
+        _converted({k: v for k, v in sd.items() if not k.startswith("time_embed")})
     extra = {**sd, "input_blocks.1.0.extra.weight": torch.zeros(1)}
     with pytest.raises(ValueError, match="input_blocks.1.0.extra.weight"):
-        convert_openai_state_dict(extra, sample_size=8, attention_head_dim=32)
+        _converted(extra)
     bad = {**sd, "output_blocks.0.0.out_layers.3.bias": torch.zeros(5)}
     with pytest.raises(ValueError, match=r"output_blocks.0.0.out_layers.3.bias has shape \(5,\)"):
-        convert_openai_state_dict(bad, sample_size=8, attention_head_dim=32)
+        _converted(bad)
     missing = {k: v for k, v in sd.items() if k != "middle_block.1.proj_out.bias"}
     with pytest.raises(ValueError, match="lacks 'middle_block.1.proj_out.bias'"):
-        convert_openai_state_dict(missing, sample_size=8, attention_head_dim=32)
+        _converted(missing)
     not_1x1 = {**sd, "middle_block.1.proj_out.weight": torch.zeros(64, 64, 3, 3)}
     with pytest.raises(ValueError, match="1x1 convolution"):
-        convert_openai_state_dict(not_1x1, sample_size=8, attention_head_dim=32)
+        _converted(not_1x1)
     with pytest.raises(ValueError, match="qkv_layout"):
-        convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, qkv_layout="kvq")  # type: ignore[arg-type]
+        _converted(sd, qkv_layout="kvq")  # type: ignore[arg-type]
 
 
 def test_parameter_free_resampling_is_refused():
     sd = _sd(resblock_updown=False)
     sd = {k: v for k, v in sd.items() if not k.startswith("input_blocks.3.0.op")}  # avg-pool downsampling
     with pytest.raises(ValueError, match="conv_resample=False"):
-        convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32)
+        _converted(sd, unet_config=_cfg(resblock_updown=False))
 
 
 def test_bad_checkpoint_files(tmp_path):
@@ -453,7 +508,7 @@ def test_bad_checkpoint_files(tmp_path):
 
 
 def _converted(sd, **kw):
-    return convert_openai_state_dict(sd, sample_size=8, attention_head_dim=32, **kw)[1]
+    return convert_openai_state_dict(sd, **{"unet_config": _cfg(), "sample_size": 8, "attention_head_dim": 32, **kw})[1]
 
 
 def _prefixed(sd, prefix):
@@ -505,8 +560,9 @@ def test_cli_converts_the_chosen_state_dict_of_a_training_checkpoint(tmp_path, c
 
     online, ema = _sd(seed=1), _sd(seed=2)
     torch.save({"model": _prefixed(online, "module."), "ema": ema, "step": 9}, tmp_path / "run.pt")
+    (tmp_path / "unet.json").write_text(json.dumps(_cfg()))
     args = ["convert", "--checkpoint", str(tmp_path / "run.pt"), "--scheduler", "cd", "--sample-size", "8",
-            "--attention-head-dim", "32"]  # fmt: skip
+            "--attention-head-dim", "32", "--unet-config", str(tmp_path / "unet.json")]  # fmt: skip
     with pytest.warns(UserWarning, match=r"converting checkpoint\['ema'\]"):
         assert main([*args, "--out", str(tmp_path / "ema")]) == 0
     assert main([*args, "--out", str(tmp_path / "online"), "--state-dict-key", "model/module."]) == 0
@@ -531,4 +587,83 @@ def test_unrecognised_layout_names_the_keys_seen_and_expected(tmp_path):
     sd = _sd()
     seen = rf"'model': \{{'time_embed.0.weight'.*\({len(sd)} entries\)"
     with pytest.raises(ValueError, match=expected + ".*" + seen + ".*find_openai_state_dict"):
-        infer_openai_config({"model": sd}, sample_size=8)
+        openai_unet_config({"model": sd}, sample_size=8)
+
+
+# ------------------------------------------------------------------------- published presets and the escape hatch
+
+
+@pytest.mark.parametrize("name, classes", [("imagenet64", None), ("lsun256", 10)])
+def test_published_layouts_are_recognised_with_or_without_classes(name, classes):
+    sd, _ = openai_checkpoint(device="meta", **{**PUBLISHED[name], "num_classes": classes})
+    config = openai_unet_config(sd)
+    with torch.device("meta"):
+        published = UNet2DModel(**unet_preset_config(name, num_class_embeds=classes))  # type: ignore[arg-type]
+    assert config == dict(published.config)
+
+
+def test_unknown_architecture_without_config_names_what_it_saw_and_the_fix(tmp_path, capsys):
+    with pytest.raises(ValueError) as err:
+        convert_openai_state_dict(_sd())
+    message = str(err.value)
+    assert "model_channels=32, 6 input_blocks, 6 output_blocks, 7 classes" in message
+    assert "as imagenet64: input_blocks.0.0.weight has shape (32, 3, 3, 3)" in message
+    assert "as lsun256: " in message and "--unet-config FILE" in message and "--preset NAME" in message
+    # a published layout with one difference (learned sigma: 6 outputs) names the key, then converts as a preset
+    # plus that override
+    sd, _ = openai_checkpoint(device="meta", **{**PUBLISHED["imagenet64"], "out_channels": 6})
+    with pytest.raises(ValueError, match=r"as imagenet64: out.2.weight has shape \(6, 192, 3, 3\)"):
+        openai_unet_config(sd)
+    config = openai_unet_config(sd, preset="imagenet64", unet_config={"out_channels": 6})
+    assert config == {**openai_unet_config(openai_checkpoint(device="meta", **PUBLISHED["imagenet64"])[0]),
+                      "out_channels": 6}  # fmt: skip
+    from cmkit.cli import main
+
+    torch.save(_sd(), tmp_path / "mine.pt")
+    args = ["convert", "--checkpoint", str(tmp_path / "mine.pt"), "--out", str(tmp_path / "o"), "--scheduler", "cd"]
+    assert main(args) == 1 and "--unet-config" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unet_config_file_and_preset_overrides_convert_like_a_mapping(tmp_path):
+    sd = _sd()
+    config, reference = convert_openai_state_dict(sd, unet_config=_cfg(), sample_size=8, attention_head_dim=32)
+    UNet2DModel.from_config(config).save_config(tmp_path / "unet")  # diffusers' config.json, with _class_name
+    for given in (tmp_path / "unet" / "config.json", str(tmp_path / "unet")):
+        from_file, converted = convert_openai_state_dict(sd, unet_config=given)
+        assert from_file == config
+        _assert_same_weights(converted, reference)
+    # the LSUN-like architecture as the lsun256 preset plus the keys that differ, in Python and on the CLI
+    from cmkit.cli import main
+
+    lsun_like, _ = openai_checkpoint(**ARCHS["lsun_like"], seed=6)
+    _, reference = convert_openai_state_dict(
+        lsun_like, unet_config=unet_config(**ARCHS["lsun_like"]), sample_size=8, attention_head_dim=32
+    )
+    differ = ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "out_channels")
+    overrides = {k: unet_config(**ARCHS["lsun_like"])[k] for k in differ}
+    kw = dict(preset="lsun256", sample_size=8, attention_head_dim=32)
+    _assert_same_weights(convert_openai_state_dict(lsun_like, unet_config=overrides, **kw)[1], reference)
+    torch.save(lsun_like, tmp_path / "ct.pt")
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides))
+    assert main(["convert", "--checkpoint", str(tmp_path / "ct.pt"), "--out", str(tmp_path / "pipe"), "--scheduler",
+                 "ct_lsun256", "--preset", "lsun256", "--unet-config", str(tmp_path / "overrides.json"),
+                 "--sample-size", "8", "--attention-head-dim", "32"]) == 0  # fmt: skip
+    _assert_same_weights(UNet2DModel.from_pretrained(tmp_path / "pipe" / "unet").state_dict(), reference)
+
+
+def test_unet_configs_an_openai_unet_cannot_have_are_refused(tmp_path):
+    sd = _sd()
+    with pytest.raises(ValueError, match=r"cannot have norm_num_groups=8 \(OpenAI: 32\)"):
+        _converted(sd, unet_config=None, preset="tiny")
+    with pytest.raises(ValueError, match=r"flip_sin_to_cos=False \(OpenAI: True\)"):
+        _converted(sd, unet_config={**_cfg(), "flip_sin_to_cos": False})
+    with pytest.raises(ValueError, match="UNet2DModel does not take: channels"):
+        _converted(sd, unet_config={**_cfg(), "channels": 3})
+    with pytest.raises(ValueError, match="unknown UNet preset 'huge'"):
+        _converted(sd, preset="huge")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a UNet2DModel config"):
+        _converted(sd, unet_config=tmp_path / "list.json")
+    with pytest.raises(FileNotFoundError):
+        _converted(sd, unet_config=tmp_path / "absent.json")

@@ -8,18 +8,20 @@ from .options import add_command
 
 EPILOG = """\
 examples:
-  # consistency distillation, ImageNet-64 (class-conditional, 1000 classes; all inferred from the weights)
+  # consistency distillation, ImageNet-64 (class-conditional, 1000 classes; recognised as the imagenet64 preset)
   cmkit convert --checkpoint cd_imagenet64_l2.pt --out cd_imagenet64_l2 --scheduler cd
-  # consistency training, LSUN bedroom 256 (unconditional)
+  # consistency training, LSUN bedroom 256 (unconditional; recognised as the lsun256 preset)
   cmkit convert --checkpoint ct_bedroom256.pt --out ct_bedroom256 --scheduler ct_lsun256
   # a training checkpoint {"model": ..., "ema": ...}: the EMA weights unless --state-dict-key model
-  cmkit convert --checkpoint run.pt --out run_pipe --scheduler cd --sample-size 32 --state-dict-key model
-  # your own architecture: give the image size the weights cannot tell
-  cmkit convert --checkpoint mine.pt --out mine --scheduler cd --sample-size 32 --attention-head-dim 32
+  cmkit convert --checkpoint run.pt --out run_pipe --scheduler cd --state-dict-key model
+  # your own architecture: its UNet2DModel config (a JSON file), or a preset and the keys that differ
+  cmkit convert --checkpoint mine.pt --out mine --scheduler cd --unet-config mine_unet.json
+  cmkit convert --checkpoint mine.pt --out mine --scheduler cd --preset imagenet64 --unet-config overrides.json
 
 The result loads with cmkit.ConsistencyModelPipeline.from_pretrained(OUT) and with diffusers'.
-Architecture (channels, blocks, attention levels, resampling, time conditioning, classes) is read from the
-weights; --num-classes and --class-cond/--no-class-cond are checked against them.
+The published architectures (ImageNet-64, LSUN-256) are recognised by their weights' shapes; any other needs
+--unet-config or --preset. Every key and shape is checked against the config; --num-classes and
+--class-cond/--no-class-cond are checked against the weights.
 """
 
 
@@ -49,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["cd", "ct_imagenet64", "ct_lsun256"],
         help="Karras grid of the published scheduler: cd (N=40), ct_imagenet64 (N=201), ct_lsun256 (N=151)",
     )
+    p.add_argument(
+        "--unet-config", default=None,
+        help="UNet2DModel config (JSON) of an architecture that is not a published one; with --preset, the keys "
+        "that differ from it",
+    )  # fmt: skip
+    p.add_argument("--preset", default=None, help="a cmkit UNet preset to start from, e.g. imagenet64 or lsun256")
     p.add_argument("--num-classes", type=int, default=None, help="expected number of classes (checked)")
     p.add_argument(
         "--class-cond",
@@ -60,11 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--attention-head-dim",
         type=int,
         default=None,
-        help="channels per attention head (OpenAI's --num_head_channels; default 64, as in every published model)",
+        help="channels per attention head (OpenAI's --num_head_channels; default: the config's, else 64 as in every "
+        "published model)",
     )
     p.add_argument("--num-heads", type=int, default=None, help="heads per attention layer, instead of a head width")
     p.add_argument(
-        "--sample-size", type=int, default=None, help="image size (needed unless the architecture is a published one)"
+        "--sample-size", type=int, default=None, help="image size (overrides the recognised or given config's)"
     )
     p.add_argument(
         "--qkv-layout",
@@ -90,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         scheduler=args.scheduler,
         state_dict_key=args.state_dict_key,
+        unet_config=args.unet_config,
+        preset=args.preset,
         num_classes=args.num_classes,
         class_cond=args.class_cond,
         attention_head_dim=args.attention_head_dim,

@@ -5,12 +5,14 @@ Training code saves weights in several shapes: ``model.state_dict()`` itself; ``
 ``torch.compile`` prefix every key with ``module.`` / ``_orig_mod.``. :func:`find_state_dict` collects every group
 of tensors (in nested mappings, up to :data:`MAX_DEPTH` deep) holding a marker key, such as
 ``input_blocks.0.0.weight`` for an OpenAI UNet, strips the prefix in front of it, and picks one group
-deterministically: EMA weights first, then by :data:`WRAPPER_PREFERENCE`, then by name.
+deterministically: EMA weights first, then by :data:`WRAPPER_PREFERENCE`, then by name;
+:func:`unwrap_state_dict` also warns when it chose among several.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -137,3 +139,18 @@ def find_state_dict(
     else:
         chosen = candidates[0]
     return FoundStateDict(chosen.tensors, chosen.name, tuple(n for n in names if n != chosen.name))
+
+
+def unwrap_state_dict(obj: Any, marker: str, *, what: str, expected: Sequence[str], name: Optional[str] = None,
+                      source: str = "the checkpoint") -> dict[str, Tensor]:  # fmt: skip
+    """The tensors :func:`find_state_dict` finds; a warning names them and the others when it had to choose."""
+    found = find_state_dict(obj, marker, what=what, expected=expected, name=name, source=source)
+    if found.alternatives and name is None:
+        warnings.warn(
+            f"{source} holds {len(found.alternatives) + 1} {what} state dicts; converting {found.describe()} "
+            f"(state_dict_key={found.name!r}; EMA weights are preferred). Others: "
+            f"{', '.join(repr(n) for n in found.alternatives)}; choose one with state_dict_key (cmkit convert "
+            "--state-dict-key)",
+            stacklevel=4,
+        )
+    return found.state_dict
