@@ -4,8 +4,9 @@ A ``config.json`` or a flag can ask for any size: an MLP 300,000 wide, ten milli
 grid of 10^10 points, a batch of 10^9 samples. cmkit estimates what such a request costs first and refuses
 what cannot fit, naming the field, the estimate and the memory there is:
 
-* :func:`require_int` bounds integer fields; counts that build Python objects one by one (blocks, layers) are
-  capped at :data:`MAX_REPEATS` and grid sizes at :data:`MAX_GRID_POINTS`, far above any published model;
+* :func:`~cmkit._validate.require_int` (re-exported here) bounds integer fields; counts that build Python
+  objects one by one (blocks, layers) are capped at :data:`MAX_REPEATS` and grid sizes at
+  :data:`MAX_GRID_POINTS`, far above any published model;
 * :func:`require_memory` compares an estimate in bytes with the memory of the device it will live on
   (:func:`available_memory`): on CPU (and MPS, which shares it) ``MemAvailable`` from ``/proc/meminfo``,
   lowered to a cgroup memory limit when one is set, else ``os.sysconf``; on CUDA the free device memory plus
@@ -17,13 +18,13 @@ passing the check does not promise that everything after it fits.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
+
+from ._validate import require_int
 
 #: most residual blocks one network config may ask for (each is built as Python objects, one by one); the
 #: published consistency-model UNets have at most 42 (lsun256, resamplers included).
@@ -33,21 +34,15 @@ MAX_GRID_POINTS = 1_000_000
 
 DeviceLike = Union[torch.device, str, None]
 
-
-def require_int(name: str, value: Any, minimum: int, hint: str = "", maximum: Optional[int] = None) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer in [minimum, maximum]."""
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-        and int(value) == value
-        and value >= minimum
-    )
-    if not ok:
-        raise ValueError(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be an integer <= {maximum:,}{hint}, got {int(value):,}; use a smaller value")
-    return int(value)
+__all__ = [
+    "MAX_GRID_POINTS",
+    "MAX_REPEATS",
+    "available_memory",
+    "format_bytes",
+    "require_int",
+    "require_memory",
+    "require_parameters_fit",
+]
 
 
 def _read_int(path: str) -> Optional[int]:
