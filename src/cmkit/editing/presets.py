@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..karras import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
+from ..karras import RHO, SIGMA_MAX, SIGMA_MIN, add_noise, karras_sigmas
 from ..limits import MAX_GRID_POINTS, require_int
 from ..rng import GeneratorArg, randn
 from ..sampling import cpu_float64
@@ -114,7 +114,7 @@ def denoising(noisy: Tensor, sigma: float) -> EditTask:
 def stroke_editing(strokes: Tensor, sigma: float, generator: GeneratorArg = None) -> EditTask:
     """SDEdit (Meng et al. 2022) with a consistency model: start from ``strokes + sigma z`` and denoise."""
     noise = randn(strokes.shape, generator=generator, device=strokes.device, dtype=strokes.dtype)
-    start = strokes + float(sigma) * noise
+    start = add_noise(strokes, float(sigma), noise)
     return EditTask(strokes, IdentityTransform(), torch.ones_like(strokes[:1, :1]), start=start, sigma_start=float(sigma))
 
 
@@ -159,7 +159,7 @@ def interpolation(
         latents = (float(sigma) * first, float(sigma) * second)
     elif kind == "images":
         z = randn(first.shape, generator=generator, device=first.device, dtype=first.dtype)
-        latents = (first + float(sigma) * z, second + float(sigma) * z)
+        latents = (add_noise(first, float(sigma), z), add_noise(second, float(sigma), z))
     else:
         raise ValueError(f"kind must be 'noise' or 'images', got {kind!r}")
     alphas = torch.linspace(0.0, 1.0, num_images)

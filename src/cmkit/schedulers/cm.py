@@ -3,7 +3,8 @@ diffusers' scheduler interface, as a thin adapter over :mod:`cmkit.karras`.
 
 A schedule is a set of indices into the ``num_train_timesteps``-point Karras grid (index 0 = ``sigma_max``).
 Each ``step`` applies the boundary-condition parameterisation ``f = c_skip x + c_out F`` (CM appendix C),
-optionally clamps to [-1, 1], and re-noises to the next sigma with ``sqrt(sigma_next^2 - eps^2) z``.
+then the one consistency step of :func:`cmkit.sampling.consistency_step` (optional clamp to [-1, 1], re-noise
+to the next sigma with ``sqrt(sigma_next^2 - eps^2) z``).
 Sigmas, timesteps, scalings and noise draws equal diffusers 0.42's bit for bit: the float64 grid is
 evaluated in numpy as diffusers does, sigmas are then stored in float32 and timesteps in float64, and one
 noise tensor (in the model output's dtype) is drawn per step whenever the schedule has more than one step.
@@ -21,8 +22,9 @@ from torch import Tensor
 
 from .. import karras
 from ..config import register_to_config
-from ..rng import GeneratorArg, randn
 from ..limits import MAX_GRID_POINTS, require_int
+from ..rng import GeneratorArg, randn
+from ..sampling import consistency_step
 from .base import SchedulerMixin, SchedulerOutput
 
 
@@ -189,14 +191,14 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         c_skip, c_out = karras.consistency_scalings(sigma, c.sigma_min, c.sigma_data)
         denoised = c_out * model_output + c_skip * sample
-        if c.clip_denoised:
-            denoised = denoised.clamp(-1, 1)
         if len(self.timesteps) > 1:  # one-step sampling draws no noise
             noise = randn(model_output.shape, generator, device=model_output.device, dtype=model_output.dtype)
         else:
             noise = torch.zeros_like(model_output)
         sigma_next = sigma_next.clamp(min=c.sigma_min, max=c.sigma_max)
-        prev_sample = karras.renoise(denoised, sigma_next, noise * c.s_noise, c.sigma_min)
+        prev_sample = consistency_step(
+            denoised, sigma_next, noise * c.s_noise, sigma_min=c.sigma_min, clip_denoised=c.clip_denoised
+        )
         self._step_index = i + 1
         if not return_dict:
             return (prev_sample,)
@@ -218,5 +220,4 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
             indices = [self._step_index] * timesteps.reshape(-1).shape[0]  # after the first step (inpainting)
         else:
             indices = [self._begin_index] * timesteps.reshape(-1).shape[0]  # before it (img2img)
-        sigma = karras.append_dims(sigmas[indices].flatten(), original_samples.ndim)
-        return original_samples + noise * sigma
+        return karras.add_noise(original_samples, sigmas[indices].flatten(), noise)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
+from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, add_noise
 from ..losses import LossName, make_distance
 from ..random import StepRandom
 from ..schedules import ct_num_scales, ct_target_ema, training_grid
@@ -82,8 +82,8 @@ class CTObjective:
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
         with torch.no_grad():
             self.target.train(self.model.training)
-            target = self.target(x0 + append_dims(sigma_lo, x0.ndim) * z, sigma_lo, class_labels)
-        pred = self.model(x0 + append_dims(sigma_hi, x0.ndim) * z, sigma_hi, class_labels)
+            target = self.target(add_noise(x0, sigma_lo, z), sigma_lo, class_labels)
+        pred = self.model(add_noise(x0, sigma_hi, z), sigma_hi, class_labels)
         loss = self.distance(pred, target).mean()
         return ObjectiveOutput(loss, {"loss": float(loss.detach()), "N": float(num), "mu": self.target_ema(step)})
 

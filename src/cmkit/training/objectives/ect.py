@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ...karras import SIGMA_MAX, SIGMA_MIN, append_dims
+from ...karras import SIGMA_MAX, SIGMA_MIN, add_noise, append_dims
 from ..losses import LossName, make_distance
 from ..random import StepRandom
 from ..schedules import ect_r, ect_stage
@@ -76,11 +76,11 @@ class ECTObjective:
         eps = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
         seed = rng.dropout_seed()
         with seeded_dropout(seed, x0.device):
-            pred = self.model(x0 + append_dims(t, x0.ndim) * eps, t, class_labels)
+            pred = self.model(add_noise(x0, t, eps), t, class_labels)
         on_boundary = r <= o.sigma_min
         r_eval = torch.where(on_boundary, torch.full_like(r, o.sigma_min), r)
         with seeded_dropout(seed, x0.device), torch.no_grad():
-            target = self.model(x0 + append_dims(r_eval, x0.ndim) * eps, r_eval, class_labels)
+            target = self.model(add_noise(x0, r_eval, eps), r_eval, class_labels)
         target = torch.where(append_dims(on_boundary, x0.ndim), x0, target)
         # r == t only if t is clipped at sigma_min; the network is then the identity and gets no gradient.
         weight = 1.0 / (t - r).clamp_min(1e-8)

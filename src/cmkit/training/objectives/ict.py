@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
+from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, add_noise
 from ..losses import LossName, make_distance
 from ..random import StepRandom
 from ..schedules import ict_num_scales, lognormal_pair_probs, training_grid
@@ -83,9 +83,9 @@ class ICTObjective:
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
         seed = rng.dropout_seed()
         with seeded_dropout(seed, x0.device):
-            pred = self.model(x0 + append_dims(sigma_hi, x0.ndim) * z, sigma_hi, class_labels)
+            pred = self.model(add_noise(x0, sigma_hi, z), sigma_hi, class_labels)
         with seeded_dropout(seed, x0.device), torch.no_grad():
-            target = self.model(x0 + append_dims(sigma_lo, x0.ndim) * z, sigma_lo, class_labels)
+            target = self.model(add_noise(x0, sigma_lo, z), sigma_lo, class_labels)
         loss = (weight * self.distance(pred, target.detach())).mean()
         return ObjectiveOutput(loss, {"loss": float(loss.detach()), "N": float(num)})
 
