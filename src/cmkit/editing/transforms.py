@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from .._validate import require_int
+
 #: ITU-R BT.601 luma weights (R, G, B), the first axis of the colour basis.
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
@@ -116,9 +118,7 @@ class PatchTransform(OrthogonalTransform):
     """Per-channel, per ``s x s`` patch orthonormal basis whose first axis is the (scaled) patch mean."""
 
     def __init__(self, factor: int) -> None:
-        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-            raise ValueError(f"the patch factor must be a positive integer, got {factor!r}")
-        self.factor = factor
+        self.factor = require_int("the patch factor", factor, 1, " (a positive integer)")
         self.matrix = orthonormal_basis(torch.ones(factor * factor, dtype=torch.float64))
 
     def check(self, shape: torch.Size | tuple[int, ...]) -> None:

@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from .. import karras
+from .._validate import check_custom_timesteps, require_int, require_positive
 from ..config import register_to_config
-from ..limits import MAX_GRID_POINTS, require_int
+from ..limits import MAX_GRID_POINTS
 from ..rng import GeneratorArg, randn
 from ..sampling import consistency_step
 from .base import SchedulerMixin, SchedulerOutput
@@ -31,19 +32,6 @@ from .base import SchedulerMixin, SchedulerOutput
 @dataclasses.dataclass
 class CMStochasticIterativeSchedulerOutput(SchedulerOutput):
     """Output of :meth:`CMStochasticIterativeScheduler.step`: ``prev_sample``, the input of the next step."""
-
-
-def _as_index_list(timesteps: Sequence[int] | np.ndarray | Tensor) -> list[int]:
-    """Custom timesteps as a list of Python ints, rejecting non-integral values."""
-    values = timesteps.tolist() if isinstance(timesteps, (np.ndarray, Tensor)) else list(timesteps)
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not float(v).is_integer():
-            raise ValueError(f"`timesteps` must be integer grid indices, got {v!r} in {values}")
-        out.append(int(v))
-    if not out:
-        raise ValueError("`timesteps` is empty; pass at least one grid index, e.g. timesteps=[0]")
-    return out
 
 
 class CMStochasticIterativeScheduler(SchedulerMixin):
@@ -66,9 +54,9 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         require_int("num_train_timesteps", num_train_timesteps, 2, " (the Karras grid size N)", MAX_GRID_POINTS)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        if sigma_data <= 0 or rho <= 0:
-            raise ValueError(f"sigma_data and rho must be positive, got sigma_data={sigma_data}, rho={rho}")
-        if s_noise < 0:
+        require_positive("sigma_data", sigma_data)
+        require_positive("rho", rho)
+        if not s_noise >= 0:
             raise ValueError(f"s_noise must be >= 0, got {s_noise}")
         #: standard deviation of the initial noise (the pipeline multiplies N(0, I) latents by it).
         self.init_noise_sigma = sigma_max
@@ -124,25 +112,12 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
                 "use num_inference_steps=None with custom timesteps"
             )
         if timesteps is not None:
-            values = _as_index_list(timesteps)
-            for prev, cur in zip(values, values[1:]):
-                if cur >= prev:
-                    raise ValueError(f"`timesteps` must be strictly descending, got {values}")
-            if values[0] >= n_train or values[-1] < 0:
-                raise ValueError(
-                    f"`timesteps` must be grid indices in [0, {n_train - 1}] (num_train_timesteps={n_train}), "
-                    f"got {values}"
-                )
-            schedule = np.array(values, dtype=np.int64)
+            schedule = np.array(check_custom_timesteps(timesteps, n_train), dtype=np.int64)
             self.custom_timesteps = True
         else:
-            n = num_inference_steps
-            if isinstance(n, bool) or int(n) != n or not 1 <= n <= n_train:
-                raise ValueError(
-                    f"num_inference_steps must be an integer in [1, {n_train}] (num_train_timesteps), got {n!r}"
-                )
-            step_ratio = n_train // int(n)
-            schedule = np.arange(int(n) - 1, -1, -1, dtype=np.int64) * step_ratio
+            n = require_int("num_inference_steps", num_inference_steps, 1, f" (in [1, {n_train}]: num_train_timesteps)",
+                            maximum=n_train)
+            schedule = np.arange(n - 1, -1, -1, dtype=np.int64) * (n_train // n)
             self.custom_timesteps = False
         self.num_inference_steps = len(schedule)
 
