@@ -18,9 +18,10 @@ passing the check does not promise that everything after it fits.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -42,6 +43,8 @@ __all__ = [
     "require_int",
     "require_memory",
     "require_parameters_fit",
+    "require_sampling_batch_fits",
+    "require_weights_fit",
 ]
 
 
@@ -131,3 +134,31 @@ def require_memory(nbytes: float, what: str, fix: str, device: DeviceLike = None
 def require_parameters_fit(num_parameters: int, what: str, fix: str) -> None:
     """Refuse to build a network of ``num_parameters`` (in the default float dtype) that the CPU memory cannot hold."""
     require_memory(num_parameters * torch.get_default_dtype().itemsize, f"{what} ({num_parameters:,} parameters)", fix)
+
+
+def require_weights_fit(module: Any, dtype: torch.dtype, device: DeviceLike) -> None:
+    """Refuse to move ``module`` to ``device`` in ``dtype`` when its weights alone exceed the memory there."""
+    params = module.parameters() if isinstance(module, torch.nn.Module) else ()
+    nbytes = sum(p.numel() * (dtype.itemsize if p.is_floating_point() else p.element_size()) for p in params)
+    require_memory(nbytes, f"the network's weights ({format_bytes(nbytes)} in {dtype})",
+                   "use a smaller dtype (e.g. bfloat16), a device with more memory, or the CPU", device)
+
+
+def require_sampling_batch_fits(
+    model: Any, batch_size: int, sample_shape: Sequence[int], dtype: torch.dtype, device: DeviceLike
+) -> None:
+    """Refuse a sampling batch whose sampler state and network activations cannot fit ``device``'s memory.
+
+    The estimate is a lower bound: four float32 copies of the batch (sample, network input and output, noise)
+    plus the activations ``model`` (in ``dtype``) reports through ``activation_floats(sample_shape)`` if it can.
+    """
+    per_sample = 4 * 4 * math.prod(int(s) for s in sample_shape)
+    activation_floats = getattr(model, "activation_floats", None)
+    if callable(activation_floats):
+        per_sample += int(activation_floats(tuple(sample_shape))) * dtype.itemsize
+    require_memory(
+        batch_size * per_sample,
+        f"a batch of {batch_size:,} samples of shape {tuple(sample_shape)}",
+        "lower the batch size, or draw the samples in several smaller batches",
+        device,
+    )
