@@ -192,24 +192,8 @@ class ConsistencyModelPipeline:
         self.default_timesteps.update(parse_default_timesteps({key: list(timesteps)}, "set_default_timesteps"))
 
     # ----- the sampling call ------------------------------------------------------------------------------
-    def check_inputs(
-        self,
-        num_inference_steps: Optional[int],
-        timesteps: Optional[Sequence[int]],
-        latents: Optional[Tensor],
-        batch_size: int,
-        sample_shape: tuple[int, ...],
-        callback_steps: Any,
-        output_type: str,
-        generator: GeneratorArg,
-    ) -> None:
-        """Raise a ValueError for call arguments diffusers rejects (and a few it would mishandle).
-
-        A generator that is not a ``torch.Generator`` and latents that are not a tensor are TypeErrors.
-        """
-        check_call_inputs(
-            num_inference_steps, timesteps, latents, batch_size, sample_shape, callback_steps, output_type, generator
-        )
+    #: diffusers' name for the call's argument checks (:func:`cmkit.pipeline_inputs.check_call_inputs`).
+    check_inputs = staticmethod(check_call_inputs)
 
     def prepare_latents(
         self,
