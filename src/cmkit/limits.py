@@ -25,7 +25,7 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from ._validate import require_int
+from ._validate import require_int as require_int  # re-exported: the size checks use it with these bounds
 
 #: most residual blocks one network config may ask for (each is built as Python objects, one by one); the
 #: published consistency-model UNets have at most 42 (lsun256, resamplers included).
@@ -34,18 +34,6 @@ MAX_REPEATS = 1_000
 MAX_GRID_POINTS = 1_000_000
 
 DeviceLike = Union[torch.device, str, None]
-
-__all__ = [
-    "MAX_GRID_POINTS",
-    "MAX_REPEATS",
-    "available_memory",
-    "format_bytes",
-    "require_int",
-    "require_memory",
-    "require_parameters_fit",
-    "require_sampling_batch_fits",
-    "require_weights_fit",
-]
 
 
 def _read_int(path: str) -> Optional[int]:

@@ -26,21 +26,6 @@ from .algorithm import ConsistencyFn
 from .inputs import ImageInput, load_image, load_mask
 from .presets import EditTask, colorization, denoising, inpainting, interpolation, stroke_editing, super_resolution
 
-__all__ = [
-    "DEFAULT_STEPS",
-    "ConsistencyFn",
-    "EditOptions",
-    "EditablePipeline",
-    "colorize",
-    "consistency_function",
-    "denoise",
-    "denoise_latents",
-    "inpaint",
-    "interpolate",
-    "stroke_edit",
-    "super_resolve",
-]
-
 #: default number of steps per task (Karras-spaced from the task's first sigma; see docs/editing.md).
 DEFAULT_STEPS: dict[str, int] = {
     "inpaint": 40,
