@@ -138,6 +138,24 @@ def test_full_mask_is_multistep_sampling():
     assert torch.equal(out, ref)
 
 
+def test_edit_is_the_one_consistency_sampling_loop_with_a_projection(monkeypatch):
+    import cmkit.editing.algorithm as algorithm
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("project"))
+        return sample_consistency(*args, **kwargs)
+
+    monkeypatch.setattr(algorithm, "sample_consistency", spy)
+    y, f = torch.zeros(1, 1, 4, 4), gaussian_cm()
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1
+    edit(f, y, mask, IdentityTransform(), SIGMAS, torch.Generator().manual_seed(0))
+    edit(f, y, torch.ones(1, 1, 1, 1), IdentityTransform(), SIGMAS, torch.Generator().manual_seed(0))
+    assert len(calls) == 2 and callable(calls[0]) and calls[1] is None  # Omega = all ones projects nothing
+
+
 def test_noise_levels_of_each_step():
     seen = []
 

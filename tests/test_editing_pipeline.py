@@ -48,6 +48,31 @@ def test_inpaint_keeps_known_pixels_and_is_reproducible(gray_pipe):
     assert (a - image)[~keep].abs().max() > 0.01
 
 
+def test_editing_functions_run_on_any_editable_pipeline_with_one_options_object(gray_pipe):
+    from cmkit.editing import pipeline_edits as edits
+    from cmkit.editing.pipeline_edits import EditablePipeline, EditOptions
+
+    class Host:
+        """Not a ConsistencyModelPipeline: only the members the EditablePipeline protocol names."""
+
+        def __init__(self, pipe):
+            self.unet, self.scheduler, self.device, self.dtype = pipe.unet, pipe.scheduler, pipe.device, pipe.dtype
+            self.sample_shape, self.num_classes = pipe.sample_shape, pipe.num_classes
+            self.require_consistency_model = pipe.require_consistency_model
+            self.require_batch_fits, self.prepare_class_labels = pipe.require_batch_fits, pipe.prepare_class_labels
+
+    assert isinstance(gray_pipe, EditablePipeline) and isinstance(Host(gray_pipe), EditablePipeline)
+    image, mask = torch.rand(1, 1, 8, 8), torch.eye(8)
+    options = EditOptions(num_inference_steps=2, generator=gen(3), output_type="pt")
+    direct = edits.inpaint(Host(gray_pipe), image, mask, options).images
+    method = gray_pipe.inpaint(image, mask, num_inference_steps=2, generator=gen(3), output_type="pt").images
+    assert torch.equal(direct, method)
+    (tup,) = edits.denoise_latents(Host(gray_pipe), image, 0.5, EditOptions(output_type="np", return_dict=False))
+    assert isinstance(tup, np.ndarray) and tup.shape == (1, 8, 8, 1)
+    with pytest.raises(TypeError, match="num_steps"):  # a misspelt option is an error, not ignored
+        gray_pipe.inpaint(image, mask, num_steps=2)
+
+
 def test_each_preset_returns_the_pipeline_output_types(gray_pipe, rgb_pipe):
     g8 = np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8)
     out = rgb_pipe.colorize(Image.fromarray(g8, mode="L"), num_inference_steps=2, generator=gen(), class_labels=3)

@@ -70,3 +70,17 @@ def test_timestep_to_sigma_accepts_every_sigma_like_type():
 def test_renoise_at_sigma_min_adds_nothing():
     x = torch.randn(2, 3)
     assert torch.equal(karras.renoise(x, 0.002, torch.randn(2, 3)), x)
+
+
+def test_add_noise_is_the_forward_process_per_sample_or_shared():
+    x0, z = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    sigma = torch.tensor([0.5, 2.0, 80.0])
+    per_sample = karras.add_noise(x0, sigma, z)
+    for i in range(3):
+        assert torch.equal(per_sample[i], x0[i] + z[i] * sigma[i])
+    assert torch.equal(karras.add_noise(x0, 1.5, z), x0 + 1.5 * z)
+    # a 0-d float32 sigma keeps a bfloat16 sample bfloat16 (a [1, 1, 1, 1] sigma would promote it to float32)
+    half = karras.add_noise(x0.bfloat16(), torch.tensor(3.0), z.bfloat16())
+    assert half.dtype == torch.bfloat16
+    # renoise is add_noise at the level sqrt(sigma_next^2 - eps^2) (CM Algorithm 1)
+    assert torch.equal(karras.renoise(x0, 2.0, z), karras.add_noise(x0, (2.0**2 - 0.002**2) ** 0.5, z))

@@ -3,7 +3,15 @@ import torch
 
 from cmkit.models.denoiser import Denoiser
 from cmkit.models.mlp import MLPNet
-from cmkit.sampling import edm_sampling_sigmas, euler_step, heun_step, sample_consistency, sample_heun
+from cmkit.karras import renoise
+from cmkit.sampling import (
+    consistency_step,
+    edm_sampling_sigmas,
+    euler_step,
+    heun_step,
+    sample_consistency,
+    sample_heun,
+)
 
 
 class Linear(torch.nn.Module):
@@ -63,6 +71,35 @@ def test_consistency_sampler_one_and_two_steps():
     g = torch.Generator().manual_seed(0)
     two = sample_consistency(ideal, x, torch.tensor([80.0, 0.5]), g, clip_denoised=True)
     assert torch.allclose(two, c.expand(8, 2))
+
+
+def test_consistency_step_clips_projects_then_renoises():
+    denoised = torch.tensor([[-3.0, 0.25, 2.0]])
+    z = torch.tensor([[1.0, -1.0, 0.5]])
+    clipped = torch.tensor([[-1.0, 0.25, 1.0]])
+    assert torch.equal(consistency_step(denoised, None, clip_denoised=True), clipped)
+    assert torch.equal(consistency_step(denoised, 2.0, z, clip_denoised=True), renoise(clipped, 2.0, z))
+    assert torch.equal(consistency_step(denoised, 2.0, z), renoise(denoised, 2.0, z))  # no clipping by default
+    keep_first = lambda x: torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:]], dim=1)  # noqa: E731
+    projected = consistency_step(denoised, 2.0, z, clip_denoised=True, project=keep_first)
+    assert torch.equal(projected, renoise(keep_first(clipped), 2.0, z))  # clip, then project, then re-noise
+    with pytest.raises(ValueError, match="pass z"):
+        consistency_step(denoised, 2.0)
+
+
+def test_consistency_sampler_projects_every_clean_estimate():
+    seen = []
+
+    def spy(x, s, cl=None):
+        seen.append(x.clone())
+        return torch.full_like(x, 0.5)
+
+    zero_second = lambda x: x * torch.tensor([1.0, 0.0])  # noqa: E731
+    out = sample_consistency(spy, torch.zeros(4, 2), torch.tensor([80.0, 2.0]), torch.Generator().manual_seed(0),
+                             project=zero_second)
+    assert torch.equal(out, torch.tensor([[0.5, 0.0]]).expand(4, 2))
+    z = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    assert len(seen) == 2 and torch.equal(seen[1], renoise(torch.tensor([[0.5, 0.0]]).expand(4, 2), 2.0, z))
 
 
 def test_consistency_sampler_noise_level():

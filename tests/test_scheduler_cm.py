@@ -182,6 +182,27 @@ def test_scheduler_loop_equals_pure_sampler():
     assert torch.allclose(pure, y, atol=1e-5)
 
 
+def test_scheduler_step_is_the_shared_consistency_step(monkeypatch):
+    """The scheduler adapts model outputs to cmkit.sampling.consistency_step instead of re-writing Algorithm 1."""
+    import cmkit.schedulers.cm as cm
+    from cmkit.sampling import consistency_step
+
+    seen = []
+
+    def spy(denoised, sigma_next, z=None, **kwargs):
+        seen.append((float(sigma_next), kwargs))
+        return consistency_step(denoised, sigma_next, z, **kwargs)
+
+    monkeypatch.setattr(cm, "consistency_step", spy)
+    s = CMStochasticIterativeScheduler(clip_denoised=True)
+    s.set_timesteps(timesteps=[22, 0])
+    x = torch.randn(1, 3, 4, 4) * 80
+    for t in s.timesteps:
+        x = s.step(fake_unet(s.scale_model_input(x, t), 0.0), t, x, generator=torch.Generator().manual_seed(0))[0]
+    assert [sigma for sigma, _ in seen] == pytest.approx([float(s.sigmas[1]), 0.002])
+    assert all(kw == {"sigma_min": 0.002, "clip_denoised": True} for _, kw in seen)
+
+
 def test_helpers_match_diffusers():
     ours, theirs = pair(num_train_timesteps=40, sigma_data=0.6)
     sig = torch.tensor([0.002, 0.3, 5.0, 80.0])

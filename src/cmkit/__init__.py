@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "ConsistencyModelPipeline": "cmkit.pipeline",
-    "ImagePipelineOutput": "cmkit.pipeline",
+    "ImagePipelineOutput": "cmkit.pipeline_types",
     "CMStochasticIterativeScheduler": "cmkit.schedulers.cm",
     "TCDScheduler": "cmkit.schedulers.tcd",
     "UNet2DModel": "cmkit.models.unet",

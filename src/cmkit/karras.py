@@ -176,6 +176,18 @@ def timestep_to_sigma(timestep: SigmaLike) -> SigmaLike:
     return math.exp(timestep / 250.0)
 
 
+def add_noise(x0: Tensor, sigma: SigmaLike, z: Tensor) -> Tensor:
+    """The forward (variance-exploding) process ``x_sigma = x0 + sigma z``, ``z ~ N(0, I)`` (EDM eq. 2; CM sec. 2).
+
+    ``sigma`` is a float, a 0-d tensor, or one level per sample (a ``[B]`` tensor, broadcast over the other
+    dims); a 0-d tensor is left 0-d, so it does not promote a half-precision ``z``. ``z * sigma`` (not
+    ``sigma * z``): with a 0-d float32 ``sigma`` and a bfloat16 ``z`` only this order rounds as diffusers does.
+    """
+    if isinstance(sigma, Tensor) and sigma.ndim > 0:
+        sigma = append_dims(sigma, x0.ndim)
+    return x0 + z * sigma
+
+
 def renoise(denoised: Tensor, sigma_next: SigmaLike, noise: Tensor, sigma_min: float = SIGMA_MIN) -> Tensor:
     """Move a clean estimate to noise level ``sigma_next``: ``x + sqrt(sigma_next^2 - eps^2) z`` (CM Algorithm 1)."""
-    return denoised + noise * (sigma_next**2 - sigma_min**2) ** 0.5
+    return add_noise(denoised, (sigma_next**2 - sigma_min**2) ** 0.5, noise)

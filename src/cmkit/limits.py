@@ -4,8 +4,9 @@ A ``config.json`` or a flag can ask for any size: an MLP 300,000 wide, ten milli
 grid of 10^10 points, a batch of 10^9 samples. cmkit estimates what such a request costs first and refuses
 what cannot fit, naming the field, the estimate and the memory there is:
 
-* :func:`require_int` bounds integer fields; counts that build Python objects one by one (blocks, layers) are
-  capped at :data:`MAX_REPEATS` and grid sizes at :data:`MAX_GRID_POINTS`, far above any published model;
+* :func:`~cmkit._validate.require_int` (re-exported here) bounds integer fields; counts that build Python
+  objects one by one (blocks, layers) are capped at :data:`MAX_REPEATS` and grid sizes at
+  :data:`MAX_GRID_POINTS`, far above any published model;
 * :func:`require_memory` compares an estimate in bytes with the memory of the device it will live on
   (:func:`available_memory`): on CPU (and MPS, which shares it) ``MemAvailable`` from ``/proc/meminfo``,
   lowered to a cgroup memory limit when one is set, else ``os.sysconf``; on CUDA the free device memory plus
@@ -18,12 +19,13 @@ passing the check does not promise that everything after it fits.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
+
+from ._validate import require_int as require_int  # re-exported: the size checks use it with these bounds
 
 #: most residual blocks one network config may ask for (each is built as Python objects, one by one); the
 #: published consistency-model UNets have at most 42 (lsun256, resamplers included).
@@ -32,22 +34,6 @@ MAX_REPEATS = 1_000
 MAX_GRID_POINTS = 1_000_000
 
 DeviceLike = Union[torch.device, str, None]
-
-
-def require_int(name: str, value: Any, minimum: int, hint: str = "", maximum: Optional[int] = None) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an integer in [minimum, maximum]."""
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-        and int(value) == value
-        and value >= minimum
-    )
-    if not ok:
-        raise ValueError(f"{name} must be an integer >= {minimum}{hint}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be an integer <= {maximum:,}{hint}, got {int(value):,}; use a smaller value")
-    return int(value)
 
 
 def _read_int(path: str) -> Optional[int]:
@@ -136,3 +122,31 @@ def require_memory(nbytes: float, what: str, fix: str, device: DeviceLike = None
 def require_parameters_fit(num_parameters: int, what: str, fix: str) -> None:
     """Refuse to build a network of ``num_parameters`` (in the default float dtype) that the CPU memory cannot hold."""
     require_memory(num_parameters * torch.get_default_dtype().itemsize, f"{what} ({num_parameters:,} parameters)", fix)
+
+
+def require_weights_fit(module: Any, dtype: torch.dtype, device: DeviceLike) -> None:
+    """Refuse to move ``module`` to ``device`` in ``dtype`` when its weights alone exceed the memory there."""
+    params = module.parameters() if isinstance(module, torch.nn.Module) else ()
+    nbytes = sum(p.numel() * (dtype.itemsize if p.is_floating_point() else p.element_size()) for p in params)
+    require_memory(nbytes, f"the network's weights ({format_bytes(nbytes)} in {dtype})",
+                   "use a smaller dtype (e.g. bfloat16), a device with more memory, or the CPU", device)
+
+
+def require_sampling_batch_fits(
+    model: Any, batch_size: int, sample_shape: Sequence[int], dtype: torch.dtype, device: DeviceLike
+) -> None:
+    """Refuse a sampling batch whose sampler state and network activations cannot fit ``device``'s memory.
+
+    The estimate is a lower bound: four float32 copies of the batch (sample, network input and output, noise)
+    plus the activations ``model`` (in ``dtype``) reports through ``activation_floats(sample_shape)`` if it can.
+    """
+    per_sample = 4 * 4 * math.prod(int(s) for s in sample_shape)
+    activation_floats = getattr(model, "activation_floats", None)
+    if callable(activation_floats):
+        per_sample += int(activation_floats(tuple(sample_shape))) * dtype.itemsize
+    require_memory(
+        batch_size * per_sample,
+        f"a batch of {batch_size:,} samples of shape {tuple(sample_shape)}",
+        "lower the batch size, or draw the samples in several smaller batches",
+        device,
+    )

@@ -22,44 +22,28 @@ Deliberate differences from diffusers 0.42 (see docs/sampling.md):
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .devices import parse_device
+from .editing import pipeline_edits as edits
+from .editing.inputs import ImageInput
+from .editing.pipeline_edits import ConsistencyFn, EditOptions
 from .karras import Parameterization
-from .limits import format_bytes, require_memory
+from .limits import require_sampling_batch_fits, require_weights_fit
 from .models.denoiser import call_network
-from .editing.pipeline_methods import EditingMixin
-from .models.modeling import parse_dtype, resolve_dtype_args
+from .models.modeling import resolve_dtype_args
+from .pipeline_inputs import check_call_inputs, class_labels_tensor, parse_to_arguments
 from .pipeline_io import load_components, parse_default_timesteps, save_components
-from .postprocess import OutputType, check_output_type, postprocess
-from .rng import GeneratorArg, check_generator, randint, randn
+from .pipeline_types import ClassLabels, ImagePipelineOutput, PipelineResult, StepCallback, pipeline_output
+from .postprocess import OutputType, postprocess
+from .rng import GeneratorArg, randn
 
-ClassLabels = Union[int, Sequence[int], Tensor, None]
-StepCallback = Callable[[int, Tensor, Tensor], None]
-
-
-@dataclass
-class ImagePipelineOutput:
-    """What a pipeline call returns: ``images`` (PIL list, NumPy array or tensor); ``out[0]`` also works."""
-
-    images: Union[list, np.ndarray, Tensor]
-
-    def __getitem__(self, key: Union[int, str]) -> Any:
-        if isinstance(key, str):
-            return getattr(self, key)
-        return self.to_tuple()[key]
-
-    def to_tuple(self) -> tuple:
-        """The fields as a tuple, as ``return_dict=False`` gives them."""
-        return (self.images,)
+__all__ = ["ConsistencyModelPipeline", "ImagePipelineOutput", "sampler_dtype", "unwrap_model"]
 
 
 def sampler_dtype(model_dtype: torch.dtype) -> torch.dtype:
@@ -72,7 +56,7 @@ def unwrap_model(module: Any) -> Any:
     return getattr(module, "_orig_mod", module)
 
 
-class ConsistencyModelPipeline(EditingMixin):
+class ConsistencyModelPipeline:
     """Unconditional or class-conditional sampling with a consistency model, call-compatible with diffusers'."""
 
     def __init__(self, unet: nn.Module, scheduler: Any) -> None:
@@ -147,59 +131,18 @@ class ConsistencyModelPipeline(EditingMixin):
 
         ``silence_dtype_warnings=True`` (diffusers' flag) turns off the float16-on-CPU warning.
         """
-        device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
         if "silence_dtype_warnings" in kwargs:
             self._silence_dtype_warnings = bool(kwargs.pop("silence_dtype_warnings"))
-        if kwargs:
-            raise TypeError(f"to() got unexpected keyword arguments: {', '.join(kwargs)}")
-        if len(args) > 2:
-            raise ValueError("to() takes at most two positional arguments: device and dtype")
-        if len(args) == 2:
-            if isinstance(args[0], torch.dtype):
-                raise ValueError("with two positional arguments, pass the device first and the dtype second")
-            pos_device, pos_dtype = args
-        elif len(args) == 1:
-            pos_device, pos_dtype = (None, args[0]) if isinstance(args[0], torch.dtype) else (args[0], None)
-        else:
-            pos_device, pos_dtype = None, None
-        if device is not None and pos_device is not None:
-            raise ValueError("device was passed both positionally and as a keyword; pass it once")
-        if dtype is not None and pos_dtype is not None:
-            raise ValueError("dtype was passed both positionally and as a keyword; pass it once")
-        device = device if device is not None else pos_device
-        dtype = parse_dtype(dtype if dtype is not None else pos_dtype)
-        if dtype is not None and not dtype.is_floating_point:
-            raise ValueError(f"a pipeline dtype must be a floating point type, got {dtype}")
-        target = None if device is None else parse_device(device)
+        target, dtype = parse_to_arguments(args, kwargs)
         if target is not None and target.type != self.device.type:
-            self._require_weights_fit(target, dtype or self.dtype)
-        if device is not None or dtype is not None:
+            require_weights_fit(self.model, dtype or self.dtype, target)
+        if target is not None or dtype is not None:
             self.unet.to(device=target, dtype=dtype)
         return self
 
-    def _require_weights_fit(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Refuse to move the network to ``device`` when its weights alone exceed the memory there."""
-        params = self.model.parameters() if isinstance(self.model, nn.Module) else ()
-        nbytes = sum(p.numel() * (dtype.itemsize if p.is_floating_point() else p.element_size()) for p in params)
-        require_memory(nbytes, f"the network's weights ({format_bytes(nbytes)} in {dtype})",
-                       "use a smaller dtype (e.g. bfloat16), a device with more memory, or the CPU", device)
-
     def require_batch_fits(self, batch_size: int, sample_shape: tuple[int, ...]) -> None:
-        """Refuse a batch whose sampler state and network activations cannot fit the device's memory.
-
-        The estimate is a lower bound: four float32 copies of the batch (sample, network input and output, noise)
-        plus the activations the network reports through ``activation_floats(sample_shape)`` when it has one.
-        """
-        per_sample = 4 * 4 * int(np.prod(sample_shape))
-        activation_floats = getattr(self.model, "activation_floats", None)
-        if callable(activation_floats):
-            per_sample += int(activation_floats(sample_shape)) * self.dtype.itemsize
-        require_memory(
-            batch_size * per_sample,
-            f"a batch of {batch_size:,} samples of shape {tuple(sample_shape)}",
-            "lower the batch size, or draw the samples in several smaller batches",
-            self.device,
-        )
+        """Refuse a batch whose sampler state and network activations cannot fit the device's memory."""
+        require_sampling_batch_fits(self.model, batch_size, sample_shape, self.dtype, self.device)
 
     # ----- progress bar -----------------------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs: Any) -> None:
@@ -249,58 +192,8 @@ class ConsistencyModelPipeline(EditingMixin):
         self.default_timesteps.update(parse_default_timesteps({key: list(timesteps)}, "set_default_timesteps"))
 
     # ----- the sampling call ------------------------------------------------------------------------------
-    def check_inputs(
-        self,
-        num_inference_steps: Optional[int],
-        timesteps: Optional[Sequence[int]],
-        latents: Optional[Tensor],
-        batch_size: int,
-        sample_shape: tuple[int, ...],
-        callback_steps: Any,
-        output_type: str,
-        generator: GeneratorArg,
-    ) -> None:
-        """Raise a ValueError for call arguments diffusers rejects (and a few it would mishandle).
-
-        A generator that is not a ``torch.Generator`` and latents that are not a tensor are TypeErrors.
-        """
-        check_generator(generator)
-        if num_inference_steps is None and timesteps is None:
-            raise ValueError("Exactly one of `num_inference_steps` or `timesteps` must be supplied.")
-        if num_inference_steps is not None and timesteps is not None:
-            warnings.warn(
-                f"both num_inference_steps={num_inference_steps} and timesteps={list(timesteps)} were given; "
-                "timesteps are used",
-                stacklevel=3,
-            )
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if latents is not None:
-            expected = (batch_size, *sample_shape)
-            if not isinstance(latents, Tensor):
-                raise TypeError(
-                    f"latents must be a torch.Tensor (or a NumPy array) of shape {expected}, got "
-                    f"{type(latents).__name__}"
-                )
-            if tuple(latents.shape) != expected:
-                raise ValueError(f"The shape of latents is {tuple(latents.shape)} but is expected to be {expected}.")
-            if not latents.is_floating_point():
-                raise ValueError(f"latents must be floating point (standard normal noise), got dtype {latents.dtype}")
-            if not bool(torch.isfinite(latents).all()):
-                raise ValueError(
-                    "latents contain NaN or infinite values, which would give a NaN image; pass finite standard "
-                    "normal noise, e.g. torch.randn(shape, generator=torch.Generator().manual_seed(0))"
-                )
-        if isinstance(callback_steps, bool) or not isinstance(callback_steps, int) or callback_steps <= 0:
-            raise ValueError(
-                f"`callback_steps` has to be a positive integer but is {callback_steps!r} of type {type(callback_steps)}."
-            )
-        if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
-            raise ValueError(
-                f"got a list of {len(generator)} generators for batch_size={batch_size}; pass one generator or "
-                "exactly one per sample"
-            )
-        check_output_type(output_type, sample_shape)
+    #: diffusers' name for the call's argument checks (:func:`cmkit.pipeline_inputs.check_call_inputs`).
+    check_inputs = staticmethod(check_call_inputs)
 
     def prepare_latents(
         self,
@@ -322,35 +215,7 @@ class ConsistencyModelPipeline(EditingMixin):
         self, batch_size: int, device: torch.device, class_labels: ClassLabels, generator: GeneratorArg = None
     ) -> Optional[Tensor]:
         """Class labels for a class-conditional model (drawn from ``generator`` when missing), else None."""
-        num_classes = self.num_classes
-        if num_classes is None:
-            if class_labels is not None:
-                warnings.warn("class_labels are ignored: this model is not class-conditional", stacklevel=3)
-            return None
-        if class_labels is None:
-            return randint(num_classes, batch_size, generator, device=device)
-        if isinstance(class_labels, numbers.Integral) and not isinstance(class_labels, bool):
-            if batch_size != 1:
-                raise ValueError(
-                    f"an int class label needs batch_size=1 (got {batch_size}); pass a list, "
-                    f"e.g. class_labels=[{int(class_labels)}] * {batch_size}"
-                )
-            labels = torch.tensor([int(class_labels)], dtype=torch.int)
-        elif isinstance(class_labels, Tensor):
-            if class_labels.is_floating_point() or class_labels.is_complex():
-                raise ValueError(f"class_labels must be integers, got a {class_labels.dtype} tensor")
-            labels = class_labels.reshape(1) if class_labels.ndim == 0 else class_labels
-        elif isinstance(class_labels, (list, tuple, np.ndarray)):
-            labels = torch.tensor([int(c) for c in np.asarray(class_labels).reshape(-1)], dtype=torch.int)
-        else:
-            raise ValueError(f"class_labels must be an int, a list of ints or a tensor, got {type(class_labels).__name__}")
-        if labels.ndim != 1 or len(labels) not in (1, batch_size):
-            raise ValueError(
-                f"got {tuple(labels.shape)} class labels for batch_size={batch_size}; pass one label or one per sample"
-            )
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"class labels must lie in [0, {num_classes - 1}], got {labels.tolist()}")
-        return labels.to(device)
+        return class_labels_tensor(self.num_classes, batch_size, device, class_labels, generator)
 
     def _set_timesteps(
         self, num_inference_steps: Optional[int], timesteps: Optional[Sequence[int]], device: torch.device
@@ -395,7 +260,7 @@ class ConsistencyModelPipeline(EditingMixin):
         return_dict: bool = True,
         callback: Optional[StepCallback] = None,
         callback_steps: int = 1,
-    ) -> Union[ImagePipelineOutput, tuple]:
+    ) -> PipelineResult:
         """Generate ``batch_size`` samples in ``num_inference_steps`` steps (or at the given ``timesteps``).
 
         ``timesteps`` are indices into the scheduler's training grid, counted from sigma_max, strictly
@@ -429,5 +294,45 @@ class ConsistencyModelPipeline(EditingMixin):
                 if callback is not None and i % callback_steps == 0:
                     callback(i, t, sample)
 
-        images = postprocess(sample.to(dtype), output_type)
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        return pipeline_output(postprocess(sample.to(dtype), output_type), return_dict)
+
+    # ----- zero-shot editing (CM Algorithm 4): cmkit.editing.pipeline_edits; ``options``: the EditOptions fields
+    def consistency_function(self) -> ConsistencyFn:
+        """``f(x, sigma, class_labels)`` of the network, computed in float32 around the network's dtype."""
+        return edits.consistency_function(self)
+
+    def inpaint(self, image: ImageInput, mask: ImageInput, **options: Any) -> PipelineResult:
+        """Fill the region where ``mask`` is white (>= 0.5) and keep the rest of ``image`` exactly."""
+        return edits.inpaint(self, image, mask, EditOptions(**options))
+
+    def colorize(self, image: ImageInput, **options: Any) -> PipelineResult:
+        """Colour a grayscale ``image`` (an RGB image is reduced to its luma): keep luma, generate chroma."""
+        return edits.colorize(self, image, EditOptions(**options))
+
+    def super_resolve(self, image: ImageInput, factor: int, **options: Any) -> PipelineResult:
+        """Upsample a low-resolution ``image`` by the integer ``factor`` to the model's resolution."""
+        return edits.super_resolve(self, image, factor, EditOptions(**options))
+
+    def denoise(self, image: Union[ImageInput, Tensor], sigma: float, **options: Any) -> PipelineResult:
+        """Remove Gaussian noise of standard deviation ``sigma`` ([-1, 1] pixel units) from an image."""
+        return edits.denoise(self, image, sigma, EditOptions(**options))
+
+    def denoise_latents(self, noisy: Tensor, sigma: float, **options: Any) -> PipelineResult:
+        """Denoise an unclipped ``clean + sigma z`` tensor ``[B, C, H, W]`` in model space."""
+        return edits.denoise_latents(self, noisy, sigma, EditOptions(**options))
+
+    def stroke_edit(self, image: ImageInput, sigma: float, **options: Any) -> PipelineResult:
+        """Stroke-guided editing (SDEdit): noise a stroke painting to ``sigma`` and let the model make it realistic."""
+        return edits.stroke_edit(self, image, sigma, EditOptions(**options))
+
+    def interpolate(
+        self,
+        first: Optional[ImageInput] = None,
+        second: Optional[ImageInput] = None,
+        *,
+        num_images: int = 8,
+        sigma: Optional[float] = None,
+        **options: Any,
+    ) -> PipelineResult:
+        """``num_images`` samples along a slerp between two latents (two fresh noises, or two images at ``sigma``)."""
+        return edits.interpolate(self, first, second, num_images, sigma, EditOptions(**options))

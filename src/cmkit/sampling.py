@@ -12,10 +12,12 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .karras import SIGMA_MIN, append_dims, renoise
+from .karras import SIGMA_MIN, SigmaLike, append_dims, renoise
 from .rng import GeneratorArg, randn
 
 DenoiseFn = Callable[..., Tensor]
+#: maps a clean estimate onto the set an edit allows, e.g. ``x -> A^-1[(A y)(1 - Omega) + (A x) Omega]``.
+Projection = Callable[[Tensor], Tensor]
 
 
 def _sigma_batch(sigma: Tensor | float, x: Tensor) -> Tensor:
@@ -33,6 +35,32 @@ def _denoise(model: DenoiseFn, x: Tensor, sigma: Tensor | float, class_labels: O
     return model(x, _sigma_batch(sigma, x), class_labels)
 
 
+def consistency_step(
+    denoised: Tensor,
+    sigma_next: Optional[SigmaLike],
+    z: Optional[Tensor] = None,
+    *,
+    sigma_min: float = SIGMA_MIN,
+    clip_denoised: bool = False,
+    project: Optional[Projection] = None,
+) -> Tensor:
+    """One step of multistep consistency sampling (CM Algorithm 1) after the network's evaluation.
+
+    ``denoised`` is ``x = f(x_tau, tau)``; it is clamped to [-1, 1] (``clip_denoised``), projected onto an edit's
+    known part (``project``, CM Algorithm 4; ``None`` for Omega = all ones), then re-noised to the next level:
+    ``x_next = x + sqrt(sigma_next^2 - eps^2) z``. ``sigma_next=None`` ends the chain and returns ``x``.
+    """
+    if clip_denoised:
+        denoised = denoised.clamp(-1.0, 1.0)
+    if project is not None:
+        denoised = project(denoised)
+    if sigma_next is None:
+        return denoised
+    if z is None:
+        raise ValueError(f"a step to sigma_next={float(sigma_next):g} needs its noise: pass z (standard normal)")
+    return renoise(denoised, sigma_next, z, sigma_min)
+
+
 @torch.no_grad()
 def sample_consistency(
     model: DenoiseFn,
@@ -44,21 +72,23 @@ def sample_consistency(
     sigma_min: float = SIGMA_MIN,
     clip_denoised: bool = False,
     s_noise: float = 1.0,
+    project: Optional[Projection] = None,
 ) -> Tensor:
     """Multistep consistency sampling (CM Algorithm 1). ``x`` is already noise at ``sigmas[0]``.
 
-    Each step maps to data with ``f(x, sigma_i)``, optionally clamps to [-1, 1], and re-noises to
-    ``sigma_{i+1}`` with ``sqrt(sigma_{i+1}^2 - eps^2) z``. One sigma is one-step generation.
+    Each step maps to data with ``f(x, sigma_i)`` and re-noises to ``sigma_{i+1}`` (:func:`consistency_step`),
+    drawing ``z`` from ``generator`` scaled by ``s_noise``. One sigma is one-step generation. Zero-shot editing
+    (CM Algorithm 4) is this loop with ``project`` = its projection onto the known part of ``A y``.
     """
     sigmas = cpu_float64(sigmas)
     for i, sigma in enumerate(sigmas):
         denoised = _denoise(model, x, float(sigma), class_labels)
-        if clip_denoised:
-            denoised = denoised.clamp(-1.0, 1.0)
         if i + 1 == len(sigmas):
-            return denoised
+            return consistency_step(denoised, None, clip_denoised=clip_denoised, project=project)
         z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * s_noise
-        x = renoise(denoised, float(sigmas[i + 1]), z, sigma_min)
+        x = consistency_step(
+            denoised, float(sigmas[i + 1]), z, sigma_min=sigma_min, clip_denoised=clip_denoised, project=project
+        )
     return x
 
 

@@ -2,7 +2,7 @@
 
 :func:`edit` is the one general routine; :mod:`~cmkit.editing.presets` defines the tasks (inpainting,
 colorization, super-resolution, denoising, interpolation, stroke-guided editing) as ``(A, Omega, start)``;
-:class:`~cmkit.editing.pipeline_methods.EditingMixin` puts them on the pipeline.
+:mod:`~cmkit.editing.pipeline_edits` runs them with a pipeline (whose editing methods delegate there).
 """
 
 from .algorithm import check_mask, check_sigmas, edit

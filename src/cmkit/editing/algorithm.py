@@ -7,7 +7,8 @@ Given a reference ``y``, an orthogonal transform ``A`` and a 0/1 mask ``Omega`` 
 2. for each ``sigma_i``: re-noise ``x <- x + sqrt(sigma_i^2 - eps^2) z`` (``i > 0``), ``x <- f(x, sigma_i)``,
    then project ``x <- A^-1[(A y) * (1 - Omega) + (A x) * Omega]``.
 
-With ``Omega`` all ones this is multistep consistency sampling (CM Algorithm 1) from ``start``.
+The loop is :func:`cmkit.sampling.sample_consistency` with this projection: with ``Omega`` all ones it is
+multistep consistency sampling (CM Algorithm 1) from ``start``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from ..karras import SIGMA_MAX, SIGMA_MIN, renoise
+from ..karras import SIGMA_MAX, SIGMA_MIN, add_noise
 from ..rng import GeneratorArg, randn
-from ..sampling import cpu_float64
+from ..sampling import cpu_float64, sample_consistency
 from .transforms import OrthogonalTransform
 
 ConsistencyFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
@@ -92,7 +93,7 @@ def edit(
         raise ValueError(f"y must be a [B, C, H, W] image batch, got shape {tuple(y.shape)}")
     transform.check(y.shape)
     mask = check_mask(mask, y.shape).to(device=y.device, dtype=y.dtype)
-    sigma_list = [float(v) for v in check_sigmas(sigmas, sigma_min, sigma_max)]
+    sigmas = check_sigmas(sigmas, sigma_min, sigma_max)
     if start is not None and start.shape != y.shape:
         raise ValueError(f"start has shape {tuple(start.shape)} but y has {tuple(y.shape)}; they must match")
     for label, value in (("the image", y), ("the starting (noisy) image", start)):
@@ -101,25 +102,17 @@ def edit(
 
     keep = 1.0 - mask
     known = transform.forward(y) * keep
-    generate_all = bool((mask == 1).all())
 
     def project(x: Tensor) -> Tensor:
-        if generate_all:
-            return x
         return transform.inverse(known + transform.forward(x) * mask)
 
-    def draw() -> Tensor:
-        return randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
-
     if start is None:
-        x = transform.inverse(known) + sigma_list[0] * draw()
+        z = randn(y.shape, generator, device=y.device, dtype=y.dtype)
+        x = add_noise(transform.inverse(known), float(sigmas[0]), z)
     else:
         x = start.to(device=y.device, dtype=y.dtype)
-    for i, sigma in enumerate(sigma_list):
-        if i > 0:
-            x = renoise(x, sigma, draw(), sigma_min)
-        x = model(x, torch.full((y.shape[0],), sigma, dtype=torch.float32, device=y.device), class_labels)
-        if clip_denoised:
-            x = x.clamp(-1.0, 1.0)
-        x = project(x)
-    return x
+    generate_all = bool((mask == 1).all())  # Omega = all ones: Algorithm 1, nothing to project
+    return sample_consistency(
+        model, x, sigmas, generator, class_labels=class_labels,
+        sigma_min=sigma_min, clip_denoised=clip_denoised, project=None if generate_all else project,
+    )

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..karras import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
-from ..limits import MAX_GRID_POINTS, require_int
+from .._validate import require_int
+from ..karras import RHO, SIGMA_MAX, SIGMA_MIN, add_noise, karras_sigmas
+from ..limits import MAX_GRID_POINTS
 from ..rng import GeneratorArg, randn
 from ..sampling import cpu_float64
 from .algorithm import ConsistencyFn, check_mask, check_sigmas, edit
@@ -73,9 +74,7 @@ def editing_sigmas(
     num_steps: int, sigma_start: float, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO
 ) -> Tensor:
     """``num_steps`` descending Karras sigmas from ``sigma_start`` towards ``sigma_min`` (which is left out)."""
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"the number of steps must be a positive integer, got {num_steps!r}")
-    require_int("the number of steps", num_steps, 1, maximum=MAX_GRID_POINTS)
+    num_steps = require_int("the number of steps", num_steps, 1, " (a positive integer)", MAX_GRID_POINTS)
     check_sigmas(torch.tensor([sigma_start]), sigma_min, sigma_max)
     if num_steps > 1 and sigma_start <= sigma_min:
         raise ValueError(f"cannot take {num_steps} steps down from sigma = {sigma_start:g} = sigma_min; use one step")
@@ -114,7 +113,7 @@ def denoising(noisy: Tensor, sigma: float) -> EditTask:
 def stroke_editing(strokes: Tensor, sigma: float, generator: GeneratorArg = None) -> EditTask:
     """SDEdit (Meng et al. 2022) with a consistency model: start from ``strokes + sigma z`` and denoise."""
     noise = randn(strokes.shape, generator=generator, device=strokes.device, dtype=strokes.dtype)
-    start = strokes + float(sigma) * noise
+    start = add_noise(strokes, float(sigma), noise)
     return EditTask(strokes, IdentityTransform(), torch.ones_like(strokes[:1, :1]), start=start, sigma_start=float(sigma))
 
 
@@ -153,13 +152,12 @@ def interpolation(
         raise ValueError(
             f"interpolation takes two [1, C, H, W] tensors of one shape, got {tuple(first.shape)} and {tuple(second.shape)}"
         )
-    if not isinstance(num_images, int) or num_images < 2:
-        raise ValueError(f"interpolation needs num_images >= 2 (the two endpoints), got {num_images!r}")
+    num_images = require_int("num_images", num_images, 2, " (interpolation's two endpoints and those between)")
     if kind == "noise":
         latents = (float(sigma) * first, float(sigma) * second)
     elif kind == "images":
         z = randn(first.shape, generator=generator, device=first.device, dtype=first.dtype)
-        latents = (first + float(sigma) * z, second + float(sigma) * z)
+        latents = (add_noise(first, float(sigma), z), add_noise(second, float(sigma), z))
     else:
         raise ValueError(f"kind must be 'noise' or 'images', got {kind!r}")
     alphas = torch.linspace(0.0, 1.0, num_images)

@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
+from .._validate import require_int
+
 #: ITU-R BT.601 luma weights (R, G, B), the first axis of the colour basis.
 LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
@@ -77,8 +79,28 @@ class IdentityTransform(OrthogonalTransform):
         return z
 
 
-class ColorTransform(OrthogonalTransform):
-    """Per-pixel orthonormal colour basis; axis 0 is normalised luma, axes 1-2 span the chroma plane."""
+class MatrixTransform(OrthogonalTransform):
+    """``A`` given by an orthogonal ``matrix`` (rows are the axes) that :meth:`_apply` applies to each group of
+    values (a pixel's channels, a patch's pixels); ``A^-1`` applies ``matrix^T``."""
+
+    matrix: Tensor
+
+    @abstractmethod
+    def _apply(self, x: Tensor, matrix: Tensor) -> Tensor:
+        """``matrix`` applied to each group of values of ``x``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The coefficients ``A x``."""
+        return self._apply(x, self.matrix)
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """The images ``A^T z`` of coefficients ``z``."""
+        return self._apply(z, self.matrix.T)
+
+
+class ColorTransform(MatrixTransform):
+    """Per-pixel orthonormal colour basis; coefficients ``(luma, chroma_1, chroma_2)``: axis 0 is normalised luma,
+    axes 1-2 span the chroma plane."""
 
     def __init__(self, luma_weights: tuple[float, float, float] = LUMA_WEIGHTS) -> None:
         self.matrix = orthonormal_basis(torch.tensor(luma_weights, dtype=torch.float64))
@@ -96,14 +118,6 @@ class ColorTransform(OrthogonalTransform):
         self.check(x.shape)
         return torch.einsum("ij,bjhw->bihw", matrix.to(device=x.device, dtype=x.dtype), x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Coefficients ``(luma, chroma_1, chroma_2)`` per pixel."""
-        return self._apply(x, self.matrix)
-
-    def inverse(self, z: Tensor) -> Tensor:
-        """RGB from colour coefficients."""
-        return self._apply(z, self.matrix.T)
-
     def first_axis_mask(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
         """Keep luma, generate both chroma axes."""
         self.check(shape)
@@ -112,13 +126,12 @@ class ColorTransform(OrthogonalTransform):
         return mask
 
 
-class PatchTransform(OrthogonalTransform):
-    """Per-channel, per ``s x s`` patch orthonormal basis whose first axis is the (scaled) patch mean."""
+class PatchTransform(MatrixTransform):
+    """Per-channel, per ``s x s`` patch orthonormal basis whose first axis is the (scaled) patch mean; coefficient
+    ``k`` of a patch sits at its row ``k // s``, column ``k % s`` (the first, ``s`` times the mean, top-left)."""
 
     def __init__(self, factor: int) -> None:
-        if not isinstance(factor, int) or isinstance(factor, bool) or factor < 1:
-            raise ValueError(f"the patch factor must be a positive integer, got {factor!r}")
-        self.factor = factor
+        self.factor = require_int("the patch factor", factor, 1, " (a positive integer)")
         self.matrix = orthonormal_basis(torch.ones(factor * factor, dtype=torch.float64))
 
     def check(self, shape: torch.Size | tuple[int, ...]) -> None:
@@ -137,14 +150,6 @@ class PatchTransform(OrthogonalTransform):
         patches = x.reshape(b, c, h // s, s, w // s, s).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h // s, w // s, s * s)
         out = patches @ matrix.to(device=x.device, dtype=x.dtype).T
         return out.reshape(b, c, h // s, w // s, s, s).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, w)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Patch coefficients; the first (``s`` times the patch mean) sits at each patch's top-left pixel."""
-        return self._apply(x, self.matrix)
-
-    def inverse(self, z: Tensor) -> Tensor:
-        """Pixels from patch coefficients."""
-        return self._apply(z, self.matrix.T)
 
     def first_axis_mask(self, shape: torch.Size | tuple[int, ...]) -> Tensor:
         """Keep every patch mean, generate the other ``s*s - 1`` coefficients."""

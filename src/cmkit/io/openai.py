@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from ..limits import require_int
+from .._validate import require_int
 from ..models.modeling import load_exact_state_dict
 from ..models.presets import PresetName, unet_preset_config
 from ..models.unet import UNet2DModel

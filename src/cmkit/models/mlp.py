@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from ..config import ConfigMixin, register_to_config
 from ..io.hub import resolve_pretrained
 from ..io.weights import WEIGHTS_NAMES, find_weights_file, load_state_dict, save_state_dict
-from ..limits import MAX_REPEATS, require_int, require_parameters_fit
+from .._validate import require_int
+from ..limits import MAX_REPEATS, require_parameters_fit
 
 #: divides the network's timestep input (``250 ln sigma``) back to ``ln sigma``.
 TIMESTEP_PER_LOG_SIGMA = 250.0

@@ -22,8 +22,9 @@ from typing import Any, Literal, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
+from .._validate import check_choice, require_int
 from ..config import ConfigMixin, register_to_config
-from ..limits import MAX_REPEATS, require_int, require_parameters_fit
+from ..limits import MAX_REPEATS, require_parameters_fit
 from .layers import TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
 from .modeling import PretrainedMixin
 from .prepack import conv2d
@@ -77,11 +78,6 @@ def _block_kind(block_type: str, table: BlockTable, key: str) -> tuple[bool, Opt
     return table[name]
 
 
-def _check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not supported; use one of {list(allowed)}")
-
-
 def _validate_config(cfg: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming the key for any config value this class cannot build exactly as diffusers does."""
     if cfg["time_embedding_type"] == "fourier":
@@ -89,7 +85,7 @@ def _validate_config(cfg: Mapping[str, Any]) -> None:
             "time_embedding_type='fourier' (the NCSN++ score-SDE UNet) is not supported by cmkit's UNet2DModel; "
             "use 'positional' (all consistency checkpoints) or 'learned'"
         )
-    _check_choice("time_embedding_type", cfg["time_embedding_type"], ("positional", "learned"))
+    check_choice("time_embedding_type", cfg["time_embedding_type"], ("positional", "learned"))
     if cfg["time_embedding_type"] == "learned" and not cfg["num_train_timesteps"]:
         raise ValueError("time_embedding_type='learned' needs num_train_timesteps (the size of its table)")
     down, up, channels = list(cfg["down_block_types"]), list(cfg["up_block_types"]), list(cfg["block_out_channels"])
@@ -108,24 +104,22 @@ def _validate_config(cfg: Mapping[str, Any]) -> None:
         _block_kind(block_type, DOWN_BLOCKS, "down_block_types")
     for block_type in up:
         _block_kind(block_type, UP_BLOCKS, "up_block_types")
-    _check_choice("mid_block_type", cfg["mid_block_type"], ("UNetMidBlock2D", None))
-    _check_choice("downsample_type", cfg["downsample_type"], ("conv", "resnet"))
-    _check_choice("upsample_type", cfg["upsample_type"], ("conv", "resnet"))
-    _check_choice("resnet_time_scale_shift", cfg["resnet_time_scale_shift"], ("default", "scale_shift"))
-    _check_choice("class_embed_type", cfg["class_embed_type"], (None, "timestep", "identity"))
-    _check_choice("downsample_padding", cfg["downsample_padding"], (0, 1))
+    check_choice("mid_block_type", cfg["mid_block_type"], ("UNetMidBlock2D", None))
+    check_choice("downsample_type", cfg["downsample_type"], ("conv", "resnet"))
+    check_choice("upsample_type", cfg["upsample_type"], ("conv", "resnet"))
+    check_choice("resnet_time_scale_shift", cfg["resnet_time_scale_shift"], ("default", "scale_shift"))
+    check_choice("class_embed_type", cfg["class_embed_type"], (None, "timestep", "identity"))
+    check_choice("downsample_padding", cfg["downsample_padding"], (0, 1))
     layers, groups, attn_groups = cfg["layers_per_block"], cfg["norm_num_groups"], cfg["attn_norm_num_groups"]
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"layers_per_block={layers!r} must be a positive int (one count for all blocks)")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"norm_num_groups={groups!r} must be a positive int")
+    require_int("layers_per_block", layers, 1, " (one count for all blocks)", allow_float=False)
+    require_int("norm_num_groups", groups, 1, allow_float=False)
     if any(c % groups for c in channels):
         raise ValueError(f"block_out_channels {channels} must all be divisible by norm_num_groups={groups}")
     if attn_groups is not None and channels[-1] % attn_groups:
         raise ValueError(f"attn_norm_num_groups={attn_groups} must divide the middle block's {channels[-1]} channels")
     head_dim = cfg["attention_head_dim"]
-    if head_dim is not None and (isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1):
-        raise ValueError(f"attention_head_dim={head_dim!r} must be a positive int or None")
+    if head_dim is not None:
+        require_int("attention_head_dim", head_dim, 1, " (or None)", allow_float=False)
     activation(cfg["act_fn"])  # raises for an unknown activation name
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..config import ConfigMixin
 from ..io.hub import resolve_pretrained
-from ..limits import require_int
+from .._validate import require_int
 
 __all__ = ["SchedulerMixin", "SchedulerOutput", "require_int"]
 
@@ -97,9 +97,7 @@ class SchedulerMixin(ConfigMixin):
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start stepping at ``timesteps[begin_index]`` instead of looking the first timestep up."""
-        if isinstance(begin_index, bool) or int(begin_index) != begin_index or begin_index < 0:
-            raise ValueError(f"begin_index must be a non-negative integer, got {begin_index!r}")
-        self._begin_index = int(begin_index)
+        self._begin_index = require_int("begin_index", begin_index, 0, " (a non-negative integer)")
 
     def index_for_timestep(self, timestep: float | Tensor, schedule_timesteps: Tensor | None = None) -> int:
         """Position of ``timestep`` in the schedule (the second match if it occurs twice, as diffusers does).

@@ -3,7 +3,8 @@ diffusers' scheduler interface, as a thin adapter over :mod:`cmkit.karras`.
 
 A schedule is a set of indices into the ``num_train_timesteps``-point Karras grid (index 0 = ``sigma_max``).
 Each ``step`` applies the boundary-condition parameterisation ``f = c_skip x + c_out F`` (CM appendix C),
-optionally clamps to [-1, 1], and re-noises to the next sigma with ``sqrt(sigma_next^2 - eps^2) z``.
+then the one consistency step of :func:`cmkit.sampling.consistency_step` (optional clamp to [-1, 1], re-noise
+to the next sigma with ``sqrt(sigma_next^2 - eps^2) z``).
 Sigmas, timesteps, scalings and noise draws equal diffusers 0.42's bit for bit: the float64 grid is
 evaluated in numpy as diffusers does, sigmas are then stored in float32 and timesteps in float64, and one
 noise tensor (in the model output's dtype) is drawn per step whenever the schedule has more than one step.
@@ -20,28 +21,17 @@ import torch
 from torch import Tensor
 
 from .. import karras
+from .._validate import check_custom_timesteps, require_int, require_positive
 from ..config import register_to_config
+from ..limits import MAX_GRID_POINTS
 from ..rng import GeneratorArg, randn
-from ..limits import MAX_GRID_POINTS, require_int
+from ..sampling import consistency_step
 from .base import SchedulerMixin, SchedulerOutput
 
 
 @dataclasses.dataclass
 class CMStochasticIterativeSchedulerOutput(SchedulerOutput):
     """Output of :meth:`CMStochasticIterativeScheduler.step`: ``prev_sample``, the input of the next step."""
-
-
-def _as_index_list(timesteps: Sequence[int] | np.ndarray | Tensor) -> list[int]:
-    """Custom timesteps as a list of Python ints, rejecting non-integral values."""
-    values = timesteps.tolist() if isinstance(timesteps, (np.ndarray, Tensor)) else list(timesteps)
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not float(v).is_integer():
-            raise ValueError(f"`timesteps` must be integer grid indices, got {v!r} in {values}")
-        out.append(int(v))
-    if not out:
-        raise ValueError("`timesteps` is empty; pass at least one grid index, e.g. timesteps=[0]")
-    return out
 
 
 class CMStochasticIterativeScheduler(SchedulerMixin):
@@ -64,9 +54,9 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         require_int("num_train_timesteps", num_train_timesteps, 2, " (the Karras grid size N)", MAX_GRID_POINTS)
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        if sigma_data <= 0 or rho <= 0:
-            raise ValueError(f"sigma_data and rho must be positive, got sigma_data={sigma_data}, rho={rho}")
-        if s_noise < 0:
+        require_positive("sigma_data", sigma_data)
+        require_positive("rho", rho)
+        if not s_noise >= 0:
             raise ValueError(f"s_noise must be >= 0, got {s_noise}")
         #: standard deviation of the initial noise (the pipeline multiplies N(0, I) latents by it).
         self.init_noise_sigma = sigma_max
@@ -122,25 +112,12 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
                 "use num_inference_steps=None with custom timesteps"
             )
         if timesteps is not None:
-            values = _as_index_list(timesteps)
-            for prev, cur in zip(values, values[1:]):
-                if cur >= prev:
-                    raise ValueError(f"`timesteps` must be strictly descending, got {values}")
-            if values[0] >= n_train or values[-1] < 0:
-                raise ValueError(
-                    f"`timesteps` must be grid indices in [0, {n_train - 1}] (num_train_timesteps={n_train}), "
-                    f"got {values}"
-                )
-            schedule = np.array(values, dtype=np.int64)
+            schedule = np.array(check_custom_timesteps(timesteps, n_train), dtype=np.int64)
             self.custom_timesteps = True
         else:
-            n = num_inference_steps
-            if isinstance(n, bool) or int(n) != n or not 1 <= n <= n_train:
-                raise ValueError(
-                    f"num_inference_steps must be an integer in [1, {n_train}] (num_train_timesteps), got {n!r}"
-                )
-            step_ratio = n_train // int(n)
-            schedule = np.arange(int(n) - 1, -1, -1, dtype=np.int64) * step_ratio
+            n = require_int("num_inference_steps", num_inference_steps, 1, f" (in [1, {n_train}]: num_train_timesteps)",
+                            maximum=n_train)
+            schedule = np.arange(n - 1, -1, -1, dtype=np.int64) * (n_train // n)
             self.custom_timesteps = False
         self.num_inference_steps = len(schedule)
 
@@ -189,14 +166,14 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         c_skip, c_out = karras.consistency_scalings(sigma, c.sigma_min, c.sigma_data)
         denoised = c_out * model_output + c_skip * sample
-        if c.clip_denoised:
-            denoised = denoised.clamp(-1, 1)
         if len(self.timesteps) > 1:  # one-step sampling draws no noise
             noise = randn(model_output.shape, generator, device=model_output.device, dtype=model_output.dtype)
         else:
             noise = torch.zeros_like(model_output)
         sigma_next = sigma_next.clamp(min=c.sigma_min, max=c.sigma_max)
-        prev_sample = karras.renoise(denoised, sigma_next, noise * c.s_noise, c.sigma_min)
+        prev_sample = consistency_step(
+            denoised, sigma_next, noise * c.s_noise, sigma_min=c.sigma_min, clip_denoised=c.clip_denoised
+        )
         self._step_index = i + 1
         if not return_dict:
             return (prev_sample,)
@@ -218,5 +195,4 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
             indices = [self._step_index] * timesteps.reshape(-1).shape[0]  # after the first step (inpainting)
         else:
             indices = [self._begin_index] * timesteps.reshape(-1).shape[0]  # before it (img2img)
-        sigma = karras.append_dims(sigmas[indices].flatten(), original_samples.ndim)
-        return original_samples + noise * sigma
+        return karras.add_noise(original_samples, sigmas[indices].flatten(), noise)

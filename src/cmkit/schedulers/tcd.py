@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._validate import check_choice, check_custom_timesteps, require_int, require_positive
 from ..config import register_to_config
 from ..karras import append_dims
+from ..limits import MAX_GRID_POINTS
 from ..rng import GeneratorArg, randn
-from ..limits import MAX_GRID_POINTS, require_int
 from .base import SchedulerMixin, SchedulerOutput
 from .betas import BetaSchedule, alphas_cumprod, make_betas, rescale_zero_terminal_snr
 
@@ -43,12 +44,6 @@ class TCDSchedulerOutput(SchedulerOutput):
     """Output of :meth:`TCDScheduler.step`: ``prev_sample`` and the predicted noised sample ``x_s``."""
 
     pred_noised_sample: Tensor | None = None
-
-
-def _check_choice(name: str, value: object, literal: object) -> None:
-    choices = get_args(literal)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
 
 
 def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:
@@ -90,13 +85,11 @@ class TCDScheduler(SchedulerMixin):
     ) -> None:
         require_int("num_train_timesteps", num_train_timesteps, 1, maximum=MAX_GRID_POINTS)
         require_int("original_inference_steps", original_inference_steps, 1, maximum=MAX_GRID_POINTS)
-        _check_choice("beta_schedule", beta_schedule, BetaSchedule)
-        _check_choice("prediction_type", prediction_type, PredictionType)
-        _check_choice("timestep_spacing", timestep_spacing, TimestepSpacing)
-        if clip_sample_range <= 0 or sample_max_value <= 0:
-            raise ValueError(
-                f"clip_sample_range and sample_max_value must be positive, got {clip_sample_range}, {sample_max_value}"
-            )
+        check_choice("beta_schedule", beta_schedule, get_args(BetaSchedule))
+        check_choice("prediction_type", prediction_type, get_args(PredictionType))
+        check_choice("timestep_spacing", timestep_spacing, get_args(TimestepSpacing))
+        require_positive("clip_sample_range", clip_sample_range)
+        require_positive("sample_max_value", sample_max_value)
         if not 0 < dynamic_thresholding_ratio <= 1:
             raise ValueError(f"dynamic_thresholding_ratio must lie in (0, 1], got {dynamic_thresholding_ratio}")
 
@@ -164,19 +157,7 @@ class TCDScheduler(SchedulerMixin):
         origin = self._origin_timesteps(original_inference_steps, strength)
 
         if timesteps is not None:
-            values = timesteps.tolist() if isinstance(timesteps, (np.ndarray, Tensor)) else list(timesteps)
-            if not values:
-                raise ValueError("`timesteps` is empty; pass at least one timestep")
-            if any(isinstance(v, bool) or not float(v).is_integer() for v in values):
-                raise ValueError(f"`timesteps` must be integers, got {values}")
-            values = [int(v) for v in values]
-            for prev, cur in zip(values, values[1:]):
-                if cur >= prev:
-                    raise ValueError(f"`timesteps` must be strictly descending, got {values}")
-            if values[0] >= n_train or values[-1] < 0:
-                raise ValueError(
-                    f"`timesteps` must lie in [0, {n_train - 1}] (num_train_timesteps={n_train}), got {values}"
-                )
+            values = check_custom_timesteps(timesteps, n_train)
             self._warn_on_unusual_schedule(values, origin, original_inference_steps, strength)
             schedule = np.array(values, dtype=np.int64)
             self.custom_timesteps = True

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ...fields import documented
-from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
+from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, add_noise
 from ...sampling import euler_step, heun_step
 from ...streams import StepRandom
 from ..losses import LossName, make_distance
@@ -87,7 +87,7 @@ class CDObjective(TargetObjective):
         n = rng.randint(self.options.num_scales - 1, device=self.sigmas.device)
         sigma_hi, sigma_lo = grid_pair(self.sigmas, n, x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
-        x_hi = x0 + append_dims(sigma_hi, x0.ndim) * z
+        x_hi = add_noise(x0, sigma_hi, z)
         x_lo = self.teacher_step(x_hi, sigma_hi, sigma_lo, class_labels)
         target_net = self.target_of(x0)
         with torch.no_grad():

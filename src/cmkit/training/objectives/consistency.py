@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ...fields import documented
-from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, append_dims
+from ...karras import RHO, SIGMA_MAX, SIGMA_MIN, add_noise, append_dims
 from ..losses import LossName
 from .common import seeded_dropout
 
@@ -61,10 +61,10 @@ def consistency_loss(
         return seeded_dropout(dropout_seed, x0.device) if dropout_seed is not None else nullcontext()
 
     with same_mask(), torch.no_grad():
-        target = target_net(x0 + append_dims(sigma_lo, x0.ndim) * z, sigma_lo, class_labels)
+        target = target_net(add_noise(x0, sigma_lo, z), sigma_lo, class_labels)
     if boundary is not None:
         target = torch.where(append_dims(boundary, x0.ndim), x0, target)
     with same_mask():
-        pred = model(x0 + append_dims(sigma_hi, x0.ndim) * z, sigma_hi, class_labels)
+        pred = model(add_noise(x0, sigma_hi, z), sigma_hi, class_labels)
     per_sample = distance(pred, target.detach())
     return (per_sample if weight is None else weight * per_sample).mean()
