@@ -93,3 +93,45 @@ def test_editing_and_the_pipeline_types_never_import_the_pipeline():
                                                 "cmkit.postprocess", "cmkit.sampling", "cmkit.schedulers"))]
     assert lower and not [m for m in lower if "cmkit.pipeline" in graph[m]]
     assert "cmkit._validate" in graph and not graph["cmkit._validate"]  # the checks import nothing of cmkit
+
+
+DESIGN = PACKAGE.parent.parent / "docs" / "design.md"
+
+
+def design_layers() -> dict[str, int]:
+    """Top-level module or package of cmkit -> its layer, from the table in docs/design.md."""
+    text = DESIGN.read_text()
+    block = text.split("<!-- layers:", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    layers: dict[str, int] = {}
+    for line in block.strip().splitlines():
+        number, _, names = line.partition(" ")
+        for name in names.split(":", 1)[1].split():
+            layers[name] = int(number)
+    return layers
+
+
+def top_level(module: str) -> str:
+    """``cmkit.training.loop`` -> ``training``; ``cmkit.karras`` -> ``karras``."""
+    return module.split(".")[1] if "." in module else module
+
+
+def test_no_import_cycle_anywhere():
+    assert cycles(import_graph()) == []
+
+
+def test_every_import_points_down_the_layers_of_docs_design():
+    layers, graph = design_layers(), import_graph()
+    tops = {top_level(m) for m in graph if m != "cmkit"}
+    assert tops == set(layers), f"docs/design.md's layer table and the package differ: {tops ^ set(layers)}"
+    upward = [(m, d) for m, deps in graph.items() if m != "cmkit" for d in deps
+              if layers[top_level(d)] > layers[top_level(m)]]
+    assert upward == [], f"imports from a lower layer: {upward}"
+
+
+def test_packages_have_no_layering_cycle():
+    packages: dict[str, set[str]] = {}
+    for m, deps in import_graph().items():
+        if m != "cmkit":
+            packages.setdefault(top_level(m), set()).update(top_level(d) for d in deps if top_level(d) != top_level(m))
+    assert cycles(packages) == []
+    assert cycles({"io": {"models"}, "models": {"io"}}) == [{"io", "models"}]  # the reader sees a package cycle

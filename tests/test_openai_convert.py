@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmkit.io.openai import (
+from cmkit.convert.openai import (
     convert_openai_checkpoint,
     convert_openai_state_dict,
     find_openai_state_dict,

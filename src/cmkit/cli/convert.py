@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     """Convert and report where the pipeline was written."""
     import torch
 
-    from ..io.openai import convert_openai_checkpoint
+    from ..convert.openai import convert_openai_checkpoint
 
     out = convert_openai_checkpoint(
         args.checkpoint,

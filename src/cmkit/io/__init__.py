@@ -1,1 +1,1 @@
-"""Loading and saving: atomic writes, safe weight files, hub ids and checkpoint conversion."""
+"""Files in and out, below everything else: atomic writes, safe weight files, hub ids and image decoding."""

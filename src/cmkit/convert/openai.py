@@ -28,7 +28,7 @@ from ..models.unet import UNet2DModel
 from ..pipeline import ConsistencyModelPipeline
 from ..schedulers.cm import CMStochasticIterativeScheduler
 from .unwrap import FoundStateDict, describe_keys, find_state_dict, unwrap_state_dict
-from .weights import load_state_dict, load_torch_file
+from ..io.weights import load_state_dict, load_torch_file
 
 QKVLayout = Literal["qkv_major", "head_major"]
 SchedulerPreset = Literal["cd", "ct_imagenet64", "ct_lsun256"]
@@ -71,7 +71,7 @@ def find_openai_state_dict(
 ) -> FoundStateDict:
     """The OpenAI UNet state dict in a loaded checkpoint: bare, wrapped (``{"ema": sd}``, ``{"state_dict": sd}``,
     nested) or with prefixed keys (``module.``); EMA weights first, or the one ``state_dict_key`` names (the result
-    lists the ``alternatives``). See :mod:`cmkit.io.unwrap`."""
+    lists the ``alternatives``). See :mod:`cmkit.convert.unwrap`."""
     return find_state_dict(checkpoint, OPENAI_MARKER_KEY, **_OPENAI_UNET, name=state_dict_key, source=source)
 
 
