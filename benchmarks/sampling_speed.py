@@ -20,7 +20,8 @@ diffusers' UNet2DModel on the same config: float32, bfloat16 autocast, and cmkit
     python benchmarks/sampling_speed.py                # full report (roughly 15-40 min on 2 loaded cores)
     python benchmarks/sampling_speed.py --quick        # 1 step, batch 1, no compile, small training case
     python benchmarks/sampling_speed.py --threads 1    # on an oversubscribed machine: see docs/speed.md
-    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/sampling_speed.py   # as an AVX2-only CPU
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 \\
+        python benchmarks/sampling_speed.py            # as an AVX2-only CPU
 
 The header names the CPU, the instruction sets ATen and oneDNN use (caps from the environment included), whether
 bfloat16 is native, and the thread count. The summary compares cmkit with diffusers at the machine's fastest
@@ -358,7 +359,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     print(f"CPU: {info.model_name}")
     print(f"ISA: ATen {info.aten_capability}; oneDNN {onednn_isa()}"
           + (f" (capped by ONEDNN_MAX_CPU_ISA={info.onednn_isa_cap})" if info.onednn_isa_cap else ""))
-    print(f"bfloat16: {'native' if info.native_bf16 else 'emulated'}; fastest dtype: {fastest_dtype('cpu')}")
+    print(f"{info.describe()}; fastest dtype: {fastest_dtype('cpu')}")
     print(f"torch {torch.__version__}, {info.threads} threads, {reps} repetitions, interleaved")
     if not info.native_bf16 and not args.variants:
         print("bf16 variants left out (bfloat16 is emulated here); name them with --variants to time them anyway")

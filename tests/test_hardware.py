@@ -1,7 +1,7 @@
 """CPU capability detection, ``--dtype auto``, and the fallbacks on CPUs without native bfloat16.
 
-The subprocess tests cap the instruction sets with oneDNN's ``ONEDNN_MAX_CPU_ISA`` and ATen's
-``ATEN_CPU_CAPABILITY``, so every machine checks the AVX2-only path (no bf16 weight packing, float32 by
+The subprocess tests cap the instruction sets with oneDNN's ``ONEDNN_MAX_CPU_ISA``, ATen's ``ATEN_CPU_CAPABILITY``
+and MKL's ``MKL_ENABLE_INSTRUCTIONS``, so every machine checks the AVX2-only path (no bf16 weight packing, float32 by
 default) as well as its own.
 """
 
@@ -19,7 +19,7 @@ from cmkit.hardware import cpu_info, fastest_dtype, onednn_isa_rank, resolve_dty
 from cmkit.models import prepack
 
 ROOT = Path(__file__).resolve().parents[1]
-AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 X86 = cpu_info().aten_capability in ("AVX2", "AVX512")
 
 # Run in a child: the CPU facts, which dtype `auto` picks, and a bf16 + fp32 UNet forward through the packed-
@@ -113,12 +113,12 @@ def test_a_cap_below_amx_picks_float32(tmp_path):
 def test_bfloat16_suite_passes_with_the_isa_capped():
     # the tests that exercise bf16 networks, run as an AVX2-only machine would run them
     selected = [
-        "tests/test_prepack.py",
-        "tests/test_unet.py",
-        "tests/test_editing_pipeline.py::test_bfloat16_model_and_batched_class_labels",
+        "tests/models/test_prepack.py",
+        "tests/models/test_unet.py",
+        "tests/editing/test_pipeline_edits.py::test_bfloat16_model_and_batched_class_labels",
         "tests/test_pipeline_parity.py::test_bfloat16_one_step_error_no_worse_than_diffusers",
         "tests/test_pipeline_parity.py::test_bfloat16_pipeline_keeps_float32_noise_and_state",
-        "tests/test_mlp.py::test_runs_in_bfloat16_close_to_float32",
+        "tests/models/test_mlp.py::test_runs_in_bfloat16_close_to_float32",
     ]
     env = {**os.environ, **AVX2_ONLY, "PYTHONPATH": str(ROOT / "src")}
     env.pop("PYTEST_XDIST_WORKER", None)

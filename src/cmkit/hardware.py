@@ -12,7 +12,8 @@ CPUs differ in what they compute natively, and so do the fast paths that pay off
   BW/VL/DQ or AVX-NE-CONVERT; PyTorch reports this as ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``.
 
 Both answers respect the caps a user or a test sets in the environment: oneDNN's ``ONEDNN_MAX_CPU_ISA`` (or its
-older name ``DNNL_MAX_CPU_ISA``) and ATen's ``ATEN_CPU_CAPABILITY``. They are read once per process (oneDNN reads
+older name ``DNNL_MAX_CPU_ISA``) and ATen's ``ATEN_CPU_CAPABILITY`` (MKL's matrix products take
+``MKL_ENABLE_INSTRUCTIONS``; to act as an AVX2-only CPU, set all three). They are read once per process (oneDNN reads
 its cap once too), so the fast paths cost nothing per call. :func:`fastest_dtype` turns them into the dtype that
 ``--dtype auto`` picks: bf16 on CPUs with AMX, float32 on the others, fp16 on CUDA and MPS.
 """
@@ -102,10 +103,12 @@ class CPUInfo:
         cap = f", oneDNN capped at {self.onednn_isa_cap}" if self.onednn_isa_cap else ""
         if self.native_bf16:
             bf16 = "native (AMX)"
+        elif not self.onednn_bf16:
+            bf16 = "emulated (no oneDNN bf16 kernels here)"
         elif self.avx512_bf16:
             bf16 = "AVX-512-BF16 without AMX (slower than float32)"
         else:
-            bf16 = "emulated"
+            bf16 = "AVX-512 without BF16 (slower than float32)"
         return f"{self.model_name}; ATen {self.aten_capability}{cap}; bf16 {bf16}; {self.threads} threads"
 
 
