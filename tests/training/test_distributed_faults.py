@@ -13,7 +13,7 @@ import pytest
 
 from cmkit.training import checkpoint as ckpt
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 TIMEOUT_S = 10
 TOY = ["--method", "edm", "--data", "toy:moons", "--steps", "100000", "--batch-size", "8", "--log-every", "1",
        "--save-every", "0", "--num-samples", "8", "--no-progress", "--device", "cpu", "--model-option", "width=16",

@@ -6,13 +6,12 @@ import math
 import pytest
 import torch
 
-from cmkit.data import SamplerSource, TensorSource
+from cmkit.data import SamplerSource
 from cmkit.models.denoiser import Denoiser
 from cmkit.models.mlp import MLPNet
 from cmkit.training import checkpoint as ckpt
 from cmkit.training.build import load_denoiser
 from cmkit.training.config import DataConfig, TrainConfig
-from cmkit.training.ema import EMA, ema_decay
 from cmkit.training.loop import NonFiniteLossError, Trainer, learning_rate
 from cmkit.training.objectives.base import ObjectiveOutput
 from cmkit.training.objectives.edm import EDMObjective
@@ -49,99 +48,10 @@ def test_learning_rate_warmup_and_cosine(tmp_path):
     assert [learning_rate(const, k) for k in (0, 3, 5)] == [0.5, 0.5, 0.5]
 
 
-def test_ema_decay_and_update():
-    assert ema_decay(0.999, 0, warmup=True) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
-    assert ema_decay(0.999, 10_000, warmup=True) == 0.999
-    assert ema_decay(0.9, 0, warmup=False) == 0.9
-    lin = torch.nn.Linear(2, 1, bias=False)
-    with torch.no_grad():
-        lin.weight.fill_(1.0)
-    ema = EMA(lin, [0.5, 0.0], warmup=False)
-    with torch.no_grad():
-        lin.weight.fill_(3.0)
-    ema.update(lin, step=0)
-    assert torch.equal(ema.averages[0.5]["weight"], torch.full((1, 2), 2.0))  # 0.5 * 1 + 0.5 * 3
-    assert torch.equal(ema.averages[0.0]["weight"], torch.full((1, 2), 3.0))
-    copy = ema.copy_model(lin, 0.5)
-    assert torch.equal(copy.weight, torch.full((1, 2), 2.0)) and torch.equal(lin.weight, torch.full((1, 2), 3.0))
-    with pytest.raises(ValueError, match="distinct"):
-        EMA(lin, [0.9, 0.9])
-
-
 # ----- config ----------------------------------------------------------------------------------------------------
-def test_config_json_round_trip(tmp_path):
-    cfg = toy_config(tmp_path, objective_options={"num_scales": 18}, betas=(0.9, 0.99), tau=0.8)
-    path = cfg.to_json(tmp_path / "c.json")
-    again = TrainConfig.from_json(path)
-    assert again == cfg
-    assert json.loads(path.read_text())["data"] == {
-        "kind": "toy", "toy": "8gaussians", "path": None, "resolution": None, "resize": "crop", "flip": False,
-        "channels": None, "class_labels": None,
-    }
-
-
-@pytest.mark.parametrize(
-    "changes, message",
-    [
-        ({"precision": "fp8"}, "precision must be one of 'fp32', 'bf16', 'fp16'"),
-        ({"method": "gan"}, "method must be one of"),
-        ({"steps": 0}, "steps must be a positive integer"),
-        ({"ema_rates": (1.2,)}, r"EMA rates must lie in \[0, 1\)"),
-        ({"ema_rates": ()}, "export='ema' needs at least one EMA rate"),
-        ({"export_ema_rate": 0.5}, "not one of ema_rates"),
-        ({"method": "cd"}, "pass the teacher's directory"),
-        ({"lr": 0.0}, "lr must be positive"),
-    ],
-)
-def test_config_errors(tmp_path, changes, message):
-    with pytest.raises(ValueError, match=message):
-        toy_config(tmp_path, **changes)
-
-
-def test_config_unknown_key_and_data_spec(tmp_path):
-    d = toy_config(tmp_path).to_dict()
-    d["learning_rate"] = 1
-    with pytest.raises(ValueError, match="unknown key.*learning_rate"):
-        TrainConfig.from_dict(d)
-    assert DataConfig.parse("toy:moons") == DataConfig(kind="toy", toy="moons")
-    assert DataConfig.parse("folder:/x/y", resolution=32).path == "/x/y"
-    assert DataConfig.parse("digits").spec() == "digits"
-    with pytest.raises(ValueError, match="cannot read the data spec"):
-        DataConfig.parse("imagenet")
 
 
 # ----- deterministic batches -----------------------------------------------------------------------------------
-def test_tensor_source_epochs_and_slices():
-    data = torch.arange(10.0).reshape(10, 1)
-    src = TensorSource(data, torch.arange(10), kind="points")
-    seen = torch.cat([src.indices(3, step, 5) for step in range(2)])  # one epoch = two steps of 5
-    assert sorted(seen.tolist()) == list(range(10))
-    whole_x, whole_y = src.batch(3, 7, 8)
-    parts = [src.batch(3, 7, 8, offset=o, local_batch=4) for o in (0, 4)]
-    assert torch.equal(whole_x, torch.cat([p[0] for p in parts]))
-    assert torch.equal(whole_y, torch.cat([p[1] for p in parts]))
-    assert torch.equal(whole_x[:, 0].long(), whole_y)  # labels stay with their samples
-    assert not torch.equal(src.batch(3, 7, 8)[0], src.batch(4, 7, 8)[0])
-
-
-def test_tensor_source_flip_and_uint8():
-    img = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
-    img[:, :, :, 0] = 255  # left column white
-    src = TensorSource(img, flip=True)
-    x, _ = src.batch(0, 0, 64)
-    assert x.min() == -1.0 and x.max() == 1.0
-    flipped = (x[:, 0, 0, 1] == 1.0).float().mean()
-    assert 0.25 < flipped < 0.75
-    assert torch.equal(x, src.batch(0, 0, 64)[0])
-
-
-def test_sampler_source_slices():
-    src = toy_data()
-    whole, _ = src.batch(1, 5, 6)
-    parts = torch.cat([src.batch(1, 5, 6, offset=o, local_batch=3)[0] for o in (0, 3)])
-    assert torch.equal(whole, parts)
-    with pytest.raises(ValueError, match="does not fit"):
-        src.batch(1, 5, 6, offset=4, local_batch=3)
 
 
 # ----- a tiny run ----------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from cmkit.training.loop import Trainer
 from cmkit.training.objectives.edm import EDMObjective
 from cmkit.training.preemption import StopSignals, TrainingStopped
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 # ----- the signal handlers ---------------------------------------------------------------------------------------

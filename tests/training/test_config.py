@@ -1,0 +1,55 @@
+"""TrainConfig: JSON round trip, errors, unknown keys and data specs."""
+
+import json
+import pytest
+from cmkit.training.config import DataConfig, TrainConfig
+
+
+def toy_config(tmp_path, **kw):
+    base = dict(
+        method="edm", data=DataConfig(kind="toy", toy="8gaussians"), model="mlp", steps=6, batch_size=16, lr=1e-3,
+        output_dir=str(tmp_path / "run"), save_every=2, progress=False, num_samples=16, ema_rates=(0.9, 0.99),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_config_json_round_trip(tmp_path):
+    cfg = toy_config(tmp_path, objective_options={"num_scales": 18}, betas=(0.9, 0.99), tau=0.8)
+    path = cfg.to_json(tmp_path / "c.json")
+    again = TrainConfig.from_json(path)
+    assert again == cfg
+    assert json.loads(path.read_text())["data"] == {
+        "kind": "toy", "toy": "8gaussians", "path": None, "resolution": None, "resize": "crop", "flip": False,
+        "channels": None, "class_labels": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"precision": "fp8"}, "precision must be one of 'fp32', 'bf16', 'fp16'"),
+        ({"method": "gan"}, "method must be one of"),
+        ({"steps": 0}, "steps must be a positive integer"),
+        ({"ema_rates": (1.2,)}, r"EMA rates must lie in \[0, 1\)"),
+        ({"ema_rates": ()}, "export='ema' needs at least one EMA rate"),
+        ({"export_ema_rate": 0.5}, "not one of ema_rates"),
+        ({"method": "cd"}, "pass the teacher's directory"),
+        ({"lr": 0.0}, "lr must be positive"),
+    ],
+)
+def test_config_errors(tmp_path, changes, message):
+    with pytest.raises(ValueError, match=message):
+        toy_config(tmp_path, **changes)
+
+
+def test_config_unknown_key_and_data_spec(tmp_path):
+    d = toy_config(tmp_path).to_dict()
+    d["learning_rate"] = 1
+    with pytest.raises(ValueError, match="unknown key.*learning_rate"):
+        TrainConfig.from_dict(d)
+    assert DataConfig.parse("toy:moons") == DataConfig(kind="toy", toy="moons")
+    assert DataConfig.parse("folder:/x/y", resolution=32).path == "/x/y"
+    assert DataConfig.parse("digits").spec() == "digits"
+    with pytest.raises(ValueError, match="cannot read the data spec"):
+        DataConfig.parse("imagenet")
