@@ -69,8 +69,10 @@ def test_cpu_info_is_consistent():
     assert info.model_name and info.threads == torch.get_num_threads()
     assert info.model_name in info.describe() and info.aten_capability in info.describe()
     assert not info.native_bf16 or info.onednn_bf16  # native bf16 implies oneDNN runs its bf16 kernels
-    if info.avx512_bf16 and not info.native_bf16:
+    if info.onednn_bf16 and info.avx512_bf16 and not info.native_bf16:
         assert "without AMX" in info.describe()
+    if not info.onednn_bf16:
+        assert "emulated" in info.describe()
     assert prepack.packs(torch.bfloat16) == (info.onednn_bf16 and prepack._AVAILABLE)
     assert not prepack.packs(torch.float16)
 
