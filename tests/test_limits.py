@@ -15,7 +15,8 @@ from cmkit.cli import main
 from cmkit.limits import MAX_GRID_POINTS, MAX_REPEATS, available_memory, format_bytes, require_int, require_memory
 from cmkit.models.mlp import MLPNet, mlp_parameter_count
 from cmkit.models.presets import UNET_PRESETS, unet_preset_config
-from cmkit.models.unet import DOWN_BLOCKS, UP_BLOCKS, UNet2DModel, _block_kind
+from cmkit.models.unet import UNet2DModel
+from cmkit.models.unet_config import DOWN_BLOCKS, UP_BLOCKS, block_kind
 from cmkit.models.unet_size import unet_size
 from cmkit.schedulers.cm import CMStochasticIterativeScheduler
 from cmkit.schedulers.tcd import TCDScheduler
@@ -83,8 +84,8 @@ def test_unet_size_from_the_config_equals_the_built_network(name):
         with torch.device("meta"):
             net = UNet2DModel(**config)
         cfg = dict(net.config)
-        down = [_block_kind(t, DOWN_BLOCKS, "") for t in cfg["down_block_types"]]
-        up = [_block_kind(t, UP_BLOCKS, "") for t in cfg["up_block_types"]]
+        down = [block_kind(t, DOWN_BLOCKS, "") for t in cfg["down_block_types"]]
+        up = [block_kind(t, UP_BLOCKS, "") for t in cfg["up_block_types"]]
         count, blocks = unet_size(cfg, down, up)
         assert count == sum(p.numel() for p in net.parameters())
         assert 0 < blocks < 50

@@ -29,3 +29,16 @@ def test_randint_uses_generator_not_global_rng():
     torch.manual_seed(123)
     b = randint(1000, 8, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.max() < 1000
+
+
+def test_a_seed_passed_as_generator_is_named_in_the_fix():
+    import re
+
+    import numpy as np
+
+    from cmkit.rng import check_generator
+
+    for seed, shown in ((5, 5), (np.int64(9), 9), (True, 0)):  # a bool is no seed: the hint shows 0
+        fix = re.escape(f"for a seed pass generator=torch.Generator().manual_seed({shown})")
+        with pytest.raises(TypeError, match=fix):
+            check_generator(seed)

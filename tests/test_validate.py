@@ -34,6 +34,8 @@ def test_require_positive_refuses_zero_nan_inf_and_bools():
     for bad in (0.0, -1.0, float("nan"), float("inf"), True, "7"):
         with pytest.raises(ValueError, match="rho must be a positive finite number"):
             require_positive("rho", bad)
+    with pytest.raises(ValueError, match=r"^t must be a positive number of seconds \(e.g. 300\), got -1$"):
+        require_positive("t", -1, " (e.g. 300)", what="number of seconds")
 
 
 def test_check_custom_timesteps_is_shared_by_both_schedulers():

@@ -51,11 +51,12 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
-def require_positive(name: str, value: Any, hint: str = "") -> float:
-    """``value`` as a float, or a ValueError naming ``name`` when it is not a finite number > 0."""
+def require_positive(name: str, value: Any, hint: str = "", what: str = "finite number") -> float:
+    """``value`` as a float, or a ValueError naming ``name`` when it is not a finite number > 0 (``what`` names the
+    kind in the message, e.g. ``"number of seconds"``)."""
     ok = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
     if not ok:
-        raise ValueError(f"{name} must be a positive finite number{hint}, got {value!r}")
+        raise ValueError(f"{name} must be a positive {what}{hint}, got {value!r}")
     return float(value)
 
 

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+from ._validate import is_int
 from .config import DIFFUSERS_COMPAT_VERSION
 from .io.atomic import atomic_write_text
 from .io.hub import resolve_pretrained
@@ -69,7 +70,7 @@ def parse_default_timesteps(value: Any, source: str = MODEL_INDEX) -> dict[str, 
                 f"{DEFAULT_TIMESTEPS_KEY} in {source}: entry {key!r}: {steps!r} must be a step count with a list "
                 "of that many timesteps, e.g. {\"2\": [22, 0]}"
             )
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in steps):
+        if not all(is_int(t) for t in steps):
             raise ValueError(f"{DEFAULT_TIMESTEPS_KEY} in {source}: timesteps must be integers, got {steps!r}")
         out[str(int(key))] = [int(t) for t in steps]
     return out

@@ -7,6 +7,8 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor
 
+from ._validate import is_int
+
 GeneratorArg = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
@@ -16,7 +18,7 @@ def check_generator(generator: object) -> None:
     bad = [g for g in items if g is not None and not isinstance(g, torch.Generator)]
     if bad or (isinstance(generator, (list, tuple)) and not generator):
         shown = type(bad[0]).__name__ if bad else "an empty list"
-        seed = bad[0] if bad and isinstance(bad[0], int) and not isinstance(bad[0], bool) else 0
+        seed = int(bad[0]) if bad and is_int(bad[0]) else 0
         raise TypeError(
             f"generator must be a torch.Generator, a list of them (one per sample) or None, got {shown}; for a seed "
             f"pass generator=torch.Generator().manual_seed({seed})"

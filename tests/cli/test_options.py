@@ -35,3 +35,30 @@ def test_sample_and_edit_accept_a_jpg_and_list_what_they_accept(tmp_path, capsys
     err = capsys.readouterr().err
     assert "--out must end in an image (.png, .jpg" in err and ".npy" not in err
     assert main([*edit, "--out", str(tmp_path / "out.jpg")]) == 0
+
+
+def test_the_shared_flags_are_one_definition_in_every_command():
+    from cmkit.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    helps: dict[str, set] = {}
+    for name in ("sample", "eval", "tune-timesteps", "demo"):
+        parser = subparsers.choices[name]
+        args = parser.parse_args([])
+        assert (args.model, args.seed, args.device) == (None, 0, "cpu")
+        for action in parser._actions:
+            if action.dest in ("model", "device"):
+                helps.setdefault(action.dest, set()).add(action.help.replace(" or hub id", ""))
+    assert helps == {"model": {"pipeline directory (default: the bundled digits model)"},
+                     "device": {"torch device, e.g. cpu or cuda (default cpu)"}}
+    assert subparsers.choices["sample"].parse_args([]).batch_size == 16
+    assert subparsers.choices["eval"].parse_args([]).batch_size == 1000
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "tune-timesteps", "demo"])
+def test_a_missing_bundled_model_asks_for_model_dir(command, tmp_path, capsys, monkeypatch):
+    from cmkit.cli import sample as sample_cli
+
+    monkeypatch.setattr(sample_cli, "default_model_dir", lambda: tmp_path / "nothing_here")
+    assert main([command]) == 1
+    assert "the bundled digits model is not installed" in capsys.readouterr().err

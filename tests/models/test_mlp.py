@@ -97,3 +97,21 @@ def test_runs_in_bfloat16_close_to_float32():
     out = net.to(torch.bfloat16)(x.bfloat16(), t, class_labels=labels)[0]
     assert out.dtype == torch.bfloat16
     assert (out.float() - ref).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+def test_from_pretrained_is_the_shared_mixin_and_keeps_train_mode(tmp_path):
+    from cmkit.models.modeling import PretrainedMixin, _article
+
+    assert MLPNet.from_pretrained.__func__ is PretrainedMixin.from_pretrained.__func__
+    MLPNet(width=8, num_blocks=1).save_pretrained(tmp_path)
+    loaded = MLPNet.from_pretrained(tmp_path, torch_dtype="bfloat16")
+    assert loaded.training  # MLPNet opts out of the mixin's eval mode
+    assert loaded.dtype == torch.bfloat16 and loaded.device == torch.device("cpu")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["_class_name"] = "UNet2DModel"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="describes a UNet2DModel, not an MLPNet"):
+        MLPNet.from_pretrained(tmp_path)
+    articles = {name: _article(name) for name in ("MLPNet", "UNet2DModel", "Encoder", "Upsampler", "Denoiser", "SDNet")}
+    assert articles == {"MLPNet": "an", "UNet2DModel": "a", "Encoder": "an", "Upsampler": "an", "Denoiser": "a",
+                        "SDNet": "an"}

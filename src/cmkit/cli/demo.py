@@ -11,7 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-from .options import add_command, add_dtype_argument, dtype_label
+from .options import (
+    add_command, add_device_argument, add_dtype_argument, add_model_argument, add_seed_argument, dtype_label,
+)
 
 EPILOG = """examples:
   cmkit demo                                  # -> demo.png: 10 rows (digits 0-9) x (8 one-step | 8 two-step)
@@ -35,12 +37,12 @@ def register(subparsers: Any) -> None:
         "is and how long generation took.",
         epilog=EPILOG,
     )
-    p.add_argument("--model", default=None, help="pipeline directory (default: the bundled digits model)")
+    add_model_argument(p)
     p.add_argument("--out", default="demo.png", help="grid image path (default demo.png)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class and step count (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_seed_argument(p)
     p.add_argument("--scale", type=int, default=4, help="integer pixel upscaling of each sample (default 4)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_device_argument(p)
     add_dtype_argument(p)
     p.set_defaults(func=run)
 
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import ConsistencyModelPipeline
     from ..postprocess import is_image_shape
     from .options import check_upscaled_images, parse_device_flag
-    from .sample import _resolve_model
+    from .sample import resolve_model
 
     if args.per_class < 1:
         raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must be a .png path, got {out}")
     device = parse_device_flag(args.device)
 
-    model_dir = _resolve_model(args.model)
+    model_dir = resolve_model(args.model)
     if read_parameterization(model_dir) == "edm":
         raise ValueError(f"{model_dir} is an EDM diffusion teacher, not a consistency model; pass a consistency pipeline")
     t0 = time.perf_counter()

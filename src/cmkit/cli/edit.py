@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .options import add_command, add_dtype_argument
+from .options import add_command, add_device_argument, add_dtype_argument, add_seed_argument
 
 EXAMPLES = """\
 examples:
@@ -39,9 +39,9 @@ def _common(p: argparse.ArgumentParser, needs_image: bool = True) -> None:
     p.add_argument("--out", required=True, help="output image file (.png, .jpg, .webp, ...)")
     p.add_argument("--steps", type=int, default=None, help="number of sampling steps (default: per task)")
     p.add_argument("--sigmas", default=None, help="explicit descending noise levels, comma-separated, e.g. 80,5,1")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_seed_argument(p)
     p.add_argument("--class-label", type=int, default=None, help="class of a class-conditional model")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    add_device_argument(p)
     add_dtype_argument(p)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .options import add_command
+from .options import add_batch_size_argument, add_command, add_device_argument, add_model_argument, add_seed_argument
 
 EPILOG = """examples:
   cmkit eval                                      # the bundled digits model at 1 and 2 steps
@@ -30,7 +30,7 @@ def register(subparsers: Any) -> None:
         "class accuracy) or on a 2-D toy (SWD and floor), and print a table.",
         epilog=EPILOG,
     )
-    p.add_argument("--model", default=None, help="pipeline directory (default: the bundled digits model)")
+    add_model_argument(p)
     p.add_argument("--steps", type=int, nargs="+", default=[1, 2], metavar="S",
                    help="consistency step counts to evaluate (default 1 2; 2 uses the tuned default timesteps)")
     p.add_argument("--timesteps", type=int, nargs="+", default=None, metavar="T",
@@ -42,9 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--draws", type=int, default=5, help="independent draws to average (default 5)")
     p.add_argument("--num-samples", type=int, default=None,
                    help="samples per draw (default 360 for digits, 10000 for toys)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the samples (default 0)")
-    p.add_argument("--batch-size", type=int, default=1000, help="samples per pipeline call (default 1000)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_seed_argument(p, "random seed of the samples")
+    add_batch_size_argument(p, 1000)
+    add_device_argument(p)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.set_defaults(func=run)
 
@@ -68,15 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.swd import toy_swd, toy_swd_floor
     from ..pipeline import ConsistencyModelPipeline
     from .options import parse_device_flag
-    from .sample import default_model_dir
+    from .sample import resolve_model
 
     if args.draws < 1:
         raise ValueError(f"--draws must be >= 1, got {args.draws}")
     if any(s < 1 for s in args.steps):
         raise ValueError(f"--steps must be positive, got {args.steps}")
-    model_dir = args.model or str(default_model_dir())
-    if args.model is None and not (default_model_dir() / "model_index.json").is_file():
-        raise FileNotFoundError(f"the bundled digits model is missing at {model_dir}; pass a pipeline with --model DIR")
+    model_dir = resolve_model(args.model)
     device = parse_device_flag(args.device)
     pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=device)
     pipe.set_progress_bar_config(disable=True)

@@ -1,5 +1,6 @@
 """Command-line pieces shared by the commands: the subcommand parser, flags generated from a config dataclass,
-``--dtype``, ``--device``, ``--out`` and ``--scale``.
+the common ``--model``, ``--seed``, ``--batch-size``, ``--device`` and ``--dtype`` flags, and ``--out`` / ``--scale``
+checks.
 
 The checks run before the model is loaded or anything large is allocated, and raise a ValueError that names
 the flag and the fix (``cmkit`` prints it as ``cmkit COMMAND: error: ...``).
@@ -104,6 +105,27 @@ def dataclass_help(cls: type, indent: str = "    ") -> str:
         shown = f"{f.name}=..." if default is dataclasses.MISSING else f"{f.name}={default}"
         lines.append(f"{indent}{shown:<24} {help_of(f)}")
     return "\n".join(lines)
+
+
+def add_model_argument(p: argparse.ArgumentParser, hub: bool = False) -> None:
+    """``--model``: a pipeline directory (with ``hub``, or a hub id); None means the bundled digits model."""
+    what = "pipeline directory or hub id" if hub else "pipeline directory"
+    p.add_argument("--model", default=None, help=f"{what} (default: the bundled digits model)")
+
+
+def add_seed_argument(p: argparse.ArgumentParser, help: str = "random seed") -> None:
+    """``--seed``, 0 by default; ``help`` says what it seeds."""
+    p.add_argument("--seed", type=int, default=0, help=f"{help} (default 0)")
+
+
+def add_batch_size_argument(p: argparse.ArgumentParser, default: int, help: str = "samples per pipeline call") -> None:
+    """``--batch-size`` with the command's ``default``."""
+    p.add_argument("--batch-size", type=int, default=default, help=f"{help} (default {default})")
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``cpu`` by default (checked by :func:`parse_device_flag`)."""
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
 
 
 #: the choices of ``--dtype`` (resolved by :func:`cmkit.hardware.resolve_dtype`)

@@ -14,7 +14,10 @@ EPILOG = """examples:
   cmkit sample --model ./toy_2d --batch-size 1000 --out points.npy   # non-image models: save a .npy array
 """
 
-from .options import add_command, add_dtype_argument, dtype_label
+from .options import (
+    add_batch_size_argument, add_command, add_device_argument, add_dtype_argument, add_model_argument,
+    add_seed_argument, dtype_label,
+)
 
 
 def default_model_dir() -> Path:
@@ -31,16 +34,16 @@ def register(subparsers: Any) -> None:
         "how long it took. Saves a grid PNG (--out) and/or one PNG per sample (--out-dir).",
         epilog=EPILOG,
     )
-    p.add_argument("--model", default=None, help="pipeline directory or hub id (default: the bundled digits model)")
+    add_model_argument(p, hub=True)
     p.add_argument("--steps", type=int, default=1, help="number of sampling steps (default 1)")
     p.add_argument("--timesteps", type=int, nargs="+", default=None, metavar="T",
                    help="explicit descending timesteps, e.g. 22 0 (overrides --steps)")
     p.add_argument("--class-labels", type=int, nargs="+", default=None, metavar="C",
                    help="one class for all samples, or one per sample (default: random, from --seed)")
-    p.add_argument("--batch-size", type=int, default=16, help="number of samples (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_batch_size_argument(p, 16, "number of samples")
+    add_seed_argument(p)
     add_dtype_argument(p)
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    add_device_argument(p)
     p.add_argument("--out", default=None,
                    help="grid image path (.png, .jpg, .webp, ...), or .npy for raw samples (default samples.png)")
     p.add_argument("--out-dir", default=None, help="also write one PNG per sample into this directory")
@@ -60,7 +63,8 @@ def _class_labels(labels: list[int] | None, batch_size: int) -> Any:
     return labels
 
 
-def _resolve_model(model: str | None) -> str:
+def resolve_model(model: str | None) -> str:
+    """``--model`` as given, or the bundled digits pipeline when it is None (a FileNotFoundError if it is missing)."""
     if model is not None:
         return model
     bundled = default_model_dir()
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     dtype = resolve_dtype(args.dtype, device)
-    pipe = ConsistencyModelPipeline.from_pretrained(_resolve_model(args.model), dtype=dtype, device=device)
+    pipe = ConsistencyModelPipeline.from_pretrained(resolve_model(args.model), dtype=dtype, device=device)
     load_s = time.perf_counter() - t0
     pipe.require_batch_fits(args.batch_size, pipe.sample_shape)  # before any per-sample list is built
     labels = _class_labels(args.class_labels, args.batch_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .options import add_command
+from .options import add_batch_size_argument, add_command, add_device_argument, add_model_argument, add_seed_argument
 
 EPILOG = """examples:
   cmkit tune-timesteps --model runs/cd/pipeline              # FD-digits, ternary search, saved into the pipeline
@@ -29,18 +29,18 @@ def register(subparsers: Any) -> None:
         "FD-digits (or SWD for a 2-D toy), then save it as the pipeline's default for 2 steps.",
         epilog=EPILOG,
     )
-    p.add_argument("--model", default=None, help="pipeline directory (default: the bundled digits model)")
+    add_model_argument(p)
     p.add_argument("--toy", default=None, metavar="NAME",
                    help="minimise SWD against this 2-D toy (8gaussians, moons, swissroll) instead of FD-digits")
     p.add_argument("--num-samples", type=int, default=None,
                    help="samples per evaluation (default 720 = 2 draws of 360 for digits, 10000 for toys)")
-    p.add_argument("--seed", type=int, default=0, help="seed shared by all evaluations (default 0)")
+    add_seed_argument(p, "seed shared by all evaluations")
     p.add_argument("--coarse", type=int, default=0, metavar="K",
                    help="evaluate K evenly spaced indices first, then search around the best (default 0: off)")
     p.add_argument("--low", type=int, default=1, help="smallest index searched (default 1)")
     p.add_argument("--high", type=int, default=None, help="largest index searched (default N-2)")
-    p.add_argument("--batch-size", type=int, default=1000, help="samples per pipeline call (default 1000)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_batch_size_argument(p, 1000)
+    add_device_argument(p)
     p.add_argument("--no-save", action="store_true", help="only print the result; leave model_index.json alone")
     p.set_defaults(func=run)
 
@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import ConsistencyModelPipeline
     from ..tuning import save_default_timesteps, tune_two_step_timestep
     from .options import parse_device_flag
-    from .sample import default_model_dir
+    from .sample import resolve_model
 
     device = parse_device_flag(args.device)
-    model_dir = args.model or str(default_model_dir())
+    model_dir = resolve_model(args.model)
     if read_parameterization(model_dir) == "edm":
         raise ValueError(f"{model_dir} is an EDM teacher (sampled with Heun); tune a consistency model instead")
     pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=device)

@@ -9,7 +9,7 @@ Generated samples are compared with the 360 held-out images of the fixed split (
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -115,10 +115,6 @@ class DigitsEvaluation:
     def ratio(self) -> float:
         """``fd_mean / floor_mean``: 1 means as close to the held-out set as real training images."""
         return self.fd_mean / self.floor_mean
-
-    def as_dict(self) -> dict:
-        """A JSON-ready dict, with ``ratio`` included."""
-        return {**asdict(self), "fd_draws": list(self.fd_draws), "ratio": self.ratio}
 
 
 def evaluate_digits(samples: Tensor, labels: Tensor | None = None, draws: int = 5) -> DigitsEvaluation:

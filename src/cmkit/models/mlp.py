@@ -15,19 +15,16 @@ With the defaults (width 128, 3 blocks, 64 embedding features) the net has 175,1
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ConfigMixin, register_to_config
-from ..io.hub import resolve_pretrained
-from ..io.weights import WEIGHTS_NAMES, find_weights_file, load_state_dict, save_state_dict
 from .._validate import require_int
+from ..config import ConfigMixin, register_to_config
 from ..limits import MAX_REPEATS, require_parameters_fit
+from .modeling import PretrainedMixin
 
 #: divides the network's timestep input (``250 ln sigma``) back to ``ln sigma``.
 TIMESTEP_PER_LOG_SIGMA = 250.0
@@ -69,11 +66,12 @@ class _ResidualBlock(nn.Module):
         return h + self.fc2(self.dropout(F.silu(y)))
 
 
-class MLPNet(nn.Module, ConfigMixin):
+class MLPNet(PretrainedMixin, ConfigMixin, nn.Module):
     """Residual MLP ``F(c_in x, c_noise)`` for flat data; see the module docstring for the architecture."""
 
     config_name = "config.json"
     saved_class_name = "MLPNet"
+    load_in_eval_mode = False  # its from_pretrained has always returned it in train mode
 
     @register_to_config
     def __init__(
@@ -126,16 +124,6 @@ class MLPNet(nn.Module, ConfigMixin):
         """Shape of one sample, without the batch dimension (e.g. ``(2,)``)."""
         return self._sample_shape
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The parameters' dtype."""
-        return self.input.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        """The parameters' device."""
-        return self.input.weight.device
-
     def forward(
         self,
         sample: Tensor,
@@ -169,27 +157,6 @@ class MLPNet(nn.Module, ConfigMixin):
             h = block(h, emb)
         out = self.output(F.silu(self.out_norm(h))).reshape(sample.shape)
         return {"sample": out} if return_dict else (out,)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``diffusion_pytorch_model.safetensors`` into ``save_directory``."""
-        directory = Path(save_directory)
-        self.save_config(directory)
-        save_state_dict(self.state_dict(), directory / WEIGHTS_NAMES[0])
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, subfolder: Optional[str] = None) -> "MLPNet":
-        """Load a net saved by :meth:`save_pretrained` (a local directory or a hub id)."""
-        directory = resolve_pretrained(name_or_path)
-        if subfolder:
-            directory = directory / subfolder
-        config = cls.load_config(directory)
-        if config.get("_class_name", cls.saved_class_name) != cls.saved_class_name:
-            raise ValueError(f"{directory} holds a {config['_class_name']}, not an {cls.saved_class_name}")
-        net = cls.from_config(config)
-        state = load_state_dict(find_weights_file(directory))
-        net.load_state_dict(state, strict=True)
-        return net
 
     def activation_floats(self, sample_shape: Sequence[int]) -> int:
         """Floats one sample's forward pass holds at least (input, output, hidden state, embedding, block temporaries)."""

@@ -59,6 +59,8 @@ class PretrainedMixin:
 
     #: the class name diffusers writes for this model (checked against ``_class_name`` on load).
     saved_class_name: Optional[str] = None
+    #: whether :meth:`from_pretrained` returns the model in eval mode (diffusers' behaviour) or in train mode.
+    load_in_eval_mode: bool = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -120,15 +122,16 @@ class PretrainedMixin:
         expected = cls.saved_class_name or cls.__name__
         found = config.get("_class_name")
         if found is not None and found != expected:
-            raise ValueError(f"the config in {directory} describes a {found}, not a {expected}")
+            raise ValueError(
+                f"the config in {directory} describes {_article(found)} {found}, not {_article(expected)} {expected}"
+            )
         with torch.device("meta"):
             model = cls.from_config(config)  # type: ignore[attr-defined]
         weights_file = find_weights_file(directory)
         state = cls.convert_legacy_state_dict(load_state_dict(weights_file), model)
         load_exact_state_dict(model, state, source=str(weights_file))
         model.to(dtype=target)
-        model.eval()
-        return model
+        return model.eval() if cls.load_in_eval_mode else model
 
 
 def load_exact_state_dict(model: nn.Module, state: Mapping[str, Tensor], source: str = "the state dict") -> None:
@@ -156,6 +159,14 @@ def load_exact_state_dict(model: nn.Module, state: Mapping[str, Tensor], source:
         )
     on_meta = any(p.is_meta for p in model.parameters())
     model.load_state_dict(dict(state), strict=True, assign=on_meta)
+
+
+def _article(name: str) -> str:
+    """"a" or "an" by the first sound of a class name: "an MLPNet", "an Encoder", "a UNet2DModel", "a Denoiser"."""
+    spelled = len(name) > 1 and name[1].isupper()  # an acronym's first letter is said by its name: "em-el-pee"
+    first = name[:1].upper()
+    vowel_sound = first in "AEIO" or (first == "U" and not spelled) or (spelled and first in "FHLMNRSX")
+    return "an" if vowel_sound else "a"
 
 
 def _head(items: list[str], n: int = 5) -> str:

@@ -17,37 +17,17 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from .._validate import check_choice, require_int
 from ..config import ConfigMixin, register_to_config
-from ..limits import MAX_REPEATS, require_parameters_fit
 from .layers import TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
 from .modeling import PretrainedMixin
 from .prepack import conv2d
 from .unet_blocks import DownStage, MidStage, Stage, StageSettings, UpStage
-from .unet_size import unet_size
-
-#: down block type -> (has attention, downsampler kind; ``None`` = take ``downsample_type`` from the config)
-DOWN_BLOCKS: dict[str, tuple[bool, Optional[str]]] = {
-    "DownBlock2D": (False, "conv"),
-    "ResnetDownsampleBlock2D": (False, "resnet"),
-    "AttnDownBlock2D": (True, None),
-}
-#: up block type -> (has attention, upsampler kind; ``None`` = take ``upsample_type`` from the config)
-UP_BLOCKS: dict[str, tuple[bool, Optional[str]]] = {
-    "UpBlock2D": (False, "conv"),
-    "ResnetUpsampleBlock2D": (False, "resnet"),
-    "AttnUpBlock2D": (True, None),
-}
-#: metadata keys diffusers writes into config.json that do not describe the network (ignored on load).
-IGNORED_CONFIG_KEYS = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
-
-TimeEmbeddingType = Literal["positional", "learned"]
-ClassEmbedType = Optional[Literal["timestep", "identity"]]
+from .unet_config import DOWN_BLOCKS, IGNORED_CONFIG_KEYS, UP_BLOCKS, block_kind, check_size, validate_config
 
 
 @dataclass
@@ -64,92 +44,6 @@ class UNet2DOutput:
     def to_tuple(self) -> tuple[Tensor]:
         """``(sample,)``."""
         return (self.sample,)
-
-
-BlockTable = Mapping[str, tuple[bool, Optional[str]]]
-
-
-def _block_kind(block_type: str, table: BlockTable, key: str) -> tuple[bool, Optional[str]]:
-    name = block_type[7:] if block_type.startswith("UNetRes") else block_type  # diffusers' legacy alias prefix
-    if name not in table:
-        raise ValueError(
-            f"{key} contains {block_type!r}, which cmkit's UNet2DModel does not build; supported: {sorted(table)}"
-        )
-    return table[name]
-
-
-def _validate_config(cfg: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the key for any config value this class cannot build exactly as diffusers does."""
-    if cfg["time_embedding_type"] == "fourier":
-        raise ValueError(
-            "time_embedding_type='fourier' (the NCSN++ score-SDE UNet) is not supported by cmkit's UNet2DModel; "
-            "use 'positional' (all consistency checkpoints) or 'learned'"
-        )
-    check_choice("time_embedding_type", cfg["time_embedding_type"], ("positional", "learned"))
-    if cfg["time_embedding_type"] == "learned" and not cfg["num_train_timesteps"]:
-        raise ValueError("time_embedding_type='learned' needs num_train_timesteps (the size of its table)")
-    down, up, channels = list(cfg["down_block_types"]), list(cfg["up_block_types"]), list(cfg["block_out_channels"])
-    if len(down) != len(up):
-        raise ValueError(
-            f"down_block_types has {len(down)} entries but up_block_types has {len(up)}; give both the same length"
-        )
-    if len(channels) != len(down):
-        raise ValueError(
-            f"block_out_channels has {len(channels)} entries but down_block_types has {len(down)}; "
-            "give one channel count per block"
-        )
-    if not down:
-        raise ValueError("down_block_types is empty; a UNet needs at least one block")
-    for block_type in down:
-        _block_kind(block_type, DOWN_BLOCKS, "down_block_types")
-    for block_type in up:
-        _block_kind(block_type, UP_BLOCKS, "up_block_types")
-    check_choice("mid_block_type", cfg["mid_block_type"], ("UNetMidBlock2D", None))
-    check_choice("downsample_type", cfg["downsample_type"], ("conv", "resnet"))
-    check_choice("upsample_type", cfg["upsample_type"], ("conv", "resnet"))
-    check_choice("resnet_time_scale_shift", cfg["resnet_time_scale_shift"], ("default", "scale_shift"))
-    check_choice("class_embed_type", cfg["class_embed_type"], (None, "timestep", "identity"))
-    check_choice("downsample_padding", cfg["downsample_padding"], (0, 1))
-    layers, groups, attn_groups = cfg["layers_per_block"], cfg["norm_num_groups"], cfg["attn_norm_num_groups"]
-    require_int("layers_per_block", layers, 1, " (one count for all blocks)", allow_float=False)
-    require_int("norm_num_groups", groups, 1, allow_float=False)
-    if any(c % groups for c in channels):
-        raise ValueError(f"block_out_channels {channels} must all be divisible by norm_num_groups={groups}")
-    if attn_groups is not None and channels[-1] % attn_groups:
-        raise ValueError(f"attn_norm_num_groups={attn_groups} must divide the middle block's {channels[-1]} channels")
-    head_dim = cfg["attention_head_dim"]
-    if head_dim is not None:
-        require_int("attention_head_dim", head_dim, 1, " (or None)", allow_float=False)
-    activation(cfg["act_fn"])  # raises for an unknown activation name
-
-
-def _check_size(cfg: Mapping[str, Any]) -> None:
-    """Refuse configs whose network cannot fit in memory or would take too long to build (cmkit.limits)."""
-    for key in ("in_channels", "out_channels"):
-        require_int(key, cfg[key], 1)
-    for c in cfg["block_out_channels"]:
-        require_int("each block_out_channels entry", c, 1)
-    for key in ("time_embedding_dim", "num_class_embeds"):
-        if cfg[key] is not None:
-            require_int(key, cfg[key], 1, " (or None)")
-    if cfg["time_embedding_type"] == "learned":
-        require_int("num_train_timesteps", cfg["num_train_timesteps"], 1, " (the learned time table)")
-    require_int("layers_per_block", cfg["layers_per_block"], 1, maximum=MAX_REPEATS)
-    down = [_block_kind(t, DOWN_BLOCKS, "down_block_types") for t in cfg["down_block_types"]]
-    up = [_block_kind(t, UP_BLOCKS, "up_block_types") for t in cfg["up_block_types"]]
-    count, blocks = unet_size(cfg, down, up)
-    if blocks > MAX_REPEATS:
-        raise ValueError(
-            f"this UNet2DModel config asks for {blocks:,} residual blocks ({len(cfg['block_out_channels'])} levels, "
-            f"layers_per_block={cfg['layers_per_block']}), more than cmkit builds ({MAX_REPEATS:,}); use fewer levels "
-            "or a smaller layers_per_block"
-        )
-    require_parameters_fit(
-        count,
-        f"a UNet2DModel with block_out_channels={list(cfg['block_out_channels'])}, "
-        f"layers_per_block={cfg['layers_per_block']}",
-        "lower block_out_channels or layers_per_block (config.json, or --model-option when training)",
-    )
 
 
 class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
@@ -193,8 +87,8 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         super().__init__()
         down_block_types, up_block_types = tuple(down_block_types), tuple(up_block_types)
         block_out_channels = tuple(int(c) for c in block_out_channels)
-        _validate_config(self.config)
-        _check_size(self.config)
+        validate_config(self.config)
+        check_size(self.config)
         self._center_input_sample = bool(center_input_sample)
         self._class_embed_type = class_embed_type
         self._flip_sin_to_cos = bool(flip_sin_to_cos)
@@ -224,7 +118,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         out_ch = c0
         for i, block_type in enumerate(down_block_types):
             in_ch, out_ch = out_ch, block_out_channels[i]
-            has_attn, resample = _block_kind(block_type, DOWN_BLOCKS, "down_block_types")
+            has_attn, resample = block_kind(block_type, DOWN_BLOCKS, "down_block_types")
             self.down_blocks.append(
                 DownStage(
                     in_ch,
@@ -255,7 +149,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         for i, block_type in enumerate(up_block_types):
             prev_ch, out_ch = out_ch, rev[i]
             in_ch = rev[min(i + 1, n - 1)]
-            has_attn, resample = _block_kind(block_type, UP_BLOCKS, "up_block_types")
+            has_attn, resample = block_kind(block_type, UP_BLOCKS, "up_block_types")
             self.up_blocks.append(
                 UpStage(
                     in_ch,

@@ -1,7 +1,7 @@
 """The three kinds of UNet stage: an encoder level, the middle block and a decoder level.
 
 Each diffusers block type is one of these with fixed options (see ``DOWN_BLOCKS`` / ``UP_BLOCKS`` in
-:mod:`cmkit.models.unet`): with or without self-attention after every residual block, and a downsampler /
+:mod:`cmkit.models.unet_config`): with or without self-attention after every residual block, and a downsampler /
 upsampler that is a strided convolution (``"conv"``) or a resampling residual block (``"resnet"``, ADM's
 ``resblock_updown``). Submodule names (``resnets``, ``attentions``, ``downsamplers``, ``upsamplers``) equal
 diffusers' so state dicts are interchangeable.

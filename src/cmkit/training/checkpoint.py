@@ -27,6 +27,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from .._validate import is_int
 from ..io.atomic import atomic_path, atomic_write_text
 from ..io.weights import load_state_dict, save_state_dict
 
@@ -206,7 +207,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise ValueError(f"could not read {d / STATE_FILE}: {err}") from err
     step = state.get("step") if isinstance(state, dict) else None
     match = _STEP_DIR.fullmatch(d.name)
-    if not isinstance(step, int) or (match is not None and int(match.group(1)) != step):
+    if not is_int(step) or (match is not None and int(match.group(1)) != step):
         raise ValueError(f"{d / STATE_FILE} records step {step!r}, which does not match its directory {d.name}")
     weights = {}
     for file in [d / MODEL_FILE, *sorted(d.glob("ema_*.safetensors"))]:

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional, Union
 
 from ..data import DataKind
 from ..data.folder import ResizeMode
-from .._validate import check_choice
+from .._validate import check_choice, is_int, require_positive
 from ..fields import documented
 from ..io.atomic import atomic_write_text
 from .objectives import TEACHER_METHODS, Method
@@ -121,7 +121,7 @@ class TrainConfig:
         _check_literals(self.data, "data.")
         positive = {"steps": self.steps, "batch_size": self.batch_size, "num_samples": self.num_samples, "log_every": self.log_every}
         for name, value in positive.items():
-            if int(value) != value or value < 1:
+            if not is_int(value, allow_float=True) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints"):
             if getattr(self, name) < 0:
@@ -132,8 +132,7 @@ class TrainConfig:
             raise ValueError(f"tau must be a positive sigma (e.g. 0.8) or None, got {self.tau!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
-        if isinstance(self.dist_timeout, bool) or not isinstance(self.dist_timeout, (int, float)) or not 0 < self.dist_timeout < float("inf"):
-            raise ValueError(f"dist_timeout must be a positive number of seconds (e.g. 300), got {self.dist_timeout!r}")
+        require_positive("dist_timeout", self.dist_timeout, " (e.g. 300)", what="number of seconds")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None (no clipping), got {self.grad_clip!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -31,13 +31,7 @@ from ..data import DataSource
 from . import checkpoint as ckpt
 from . import report
 from .report import CONFIG_FILE
-from .build import (
-    build_data,
-    build_model,
-    build_objective,
-    load_teacher,
-    scheduler_num_timesteps,
-)
+from .build import build_data, build_model, build_objective, load_teacher, scheduler_num_timesteps
 from .config import TrainConfig
 from .distributed import DistContext, setup_distributed
 from .ema import EMA, ema_key

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
+from .._validate import is_int
 from ..io.atomic import atomic_write_text
 
 
@@ -26,7 +27,7 @@ def append_metrics(path: str | os.PathLike, entries: Iterable[dict[str, Any]]) -
 
 def _step_of(line: str) -> int:
     entry = json.loads(line)
-    if not isinstance(entry, dict) or isinstance(entry.get("step"), bool) or not isinstance(entry.get("step"), int):
+    if not isinstance(entry, dict) or not is_int(entry.get("step")):
         raise ValueError("not an object with an integer 'step'")
     return entry["step"]
 

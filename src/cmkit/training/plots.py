@@ -9,7 +9,7 @@ import math
 import os
 from collections import deque
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from torch import Tensor
 
@@ -60,14 +60,7 @@ def save_scatter(
     ax.set_aspect("equal")
     ax.set_xlim(-2, 2)
     ax.set_ylim(-2, 2)
-    if title:
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    p = Path(path)
-    with atomic_path(p) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return p
+    return _save_figure(fig, ax, title, path)
 
 
 def smooth(values: Sequence[float], window: int) -> list[float]:
@@ -95,12 +88,17 @@ def save_loss_curve(losses: Sequence[float], path: str | os.PathLike, title: str
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
+    ax.legend(loc="upper right", fontsize=8)
+    return _save_figure(fig, ax, title, path)
+
+
+def _save_figure(fig: Any, ax: Any, title: str, path: str | os.PathLike) -> Path:
+    """Title ``ax`` (when ``title``), write ``fig`` to ``path`` as a PNG atomically and close it."""
     if title:
         ax.set_title(title, fontsize=9)
-    ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     p = Path(path)
     with atomic_path(p) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _matplotlib().close(fig)
     return p
