@@ -62,3 +62,24 @@ def test_a_missing_bundled_model_asks_for_model_dir(command, tmp_path, capsys, m
     monkeypatch.setattr(sample_cli, "default_model_dir", lambda: tmp_path / "nothing_here")
     assert main([command]) == 1
     assert "the bundled digits model is not installed" in capsys.readouterr().err
+
+
+def test_building_the_parser_imports_no_torch():
+    # `cmkit --help` stays fast: train's config-generated flags are added only when `train` is parsed
+    import subprocess
+    import sys
+
+    code = "import sys; from cmkit.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_train_flags_appear_when_train_is_parsed(capsys):
+    import pytest
+
+    from cmkit.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--dist-timeout" in out and "--batch-size" in out and "methods and their --option" in out

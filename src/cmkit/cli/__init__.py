@@ -12,6 +12,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from .options import LazyArgumentParser
+
 #: subcommand modules under ``cmkit.cli``, in ``--help`` order.
 SUBCOMMANDS: tuple[str, ...] = ("sample", "train", "edit", "eval", "tune_timesteps", "convert", "demo")
 
@@ -22,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cmkit",
         description="Consistency models: sample, train, edit, convert and evaluate.",
     )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=LazyArgumentParser)
     for name in SUBCOMMANDS:
         importlib.import_module(f"cmkit.cli.{name}").register(subparsers)
     return parser

@@ -13,18 +13,47 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union
 
 from ..fields import default_of, help_of
 
 if TYPE_CHECKING:  # torch is imported by the commands' run(), so ``cmkit --help`` stays fast
     import torch
 
-def add_command(subparsers: Any, name: str, help: str, description: str, epilog: str, **options: Any) -> argparse.ArgumentParser:
-    """The parser of subcommand ``name``: its one-line ``help``, a ``description`` and an examples ``epilog``."""
+
+class LazyArgumentParser(argparse.ArgumentParser):
+    """A subcommand parser whose arguments are added by ``populate(parser)`` only when that subcommand is parsed
+    (the class of every ``cmkit`` subcommand parser; without ``populate`` it is an ordinary parser).
+
+    ``cmkit --help`` and the other subcommands then never run ``populate``: ``cmkit train`` builds its flags from
+    config dataclasses whose modules import torch, which would make every ``cmkit`` call wait for torch.
+    """
+
+    def __init__(
+        self, *args: Any, populate: Optional[Callable[[argparse.ArgumentParser], None]] = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._populate: Optional[Callable[[argparse.ArgumentParser], None]] = populate
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate(self)
+        return super().parse_known_args(args, namespace)
+
+
+def add_command(
+    subparsers: Any, name: str, help: str, description: str, epilog: str,
+    populate: Optional[Callable[[argparse.ArgumentParser], None]] = None, **options: Any,
+) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``: its one-line ``help``, a ``description`` and an examples ``epilog``.
+
+    With ``populate``, the arguments are added by ``populate(parser)`` when the subcommand is parsed (see
+    :class:`LazyArgumentParser`).
+    """
     return subparsers.add_parser(
         name, help=help, description=description, epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter, **options,
+        formatter_class=argparse.RawDescriptionHelpFormatter, populate=populate, **options,
     )
 
 
@@ -136,8 +165,8 @@ def add_dtype_argument(p: argparse.ArgumentParser) -> None:
     """``--dtype {auto,float32,bfloat16,float16}``, ``auto`` by default (see :func:`cmkit.hardware.fastest_dtype`)."""
     p.add_argument(
         "--dtype", choices=DTYPE_NAMES, default="auto",
-        help="compute dtype. auto (the default) picks the fastest for the device: bfloat16 on CPUs that compute it "
-        "natively (AVX-512-BF16 or AMX), float32 on other CPUs, float16 on CUDA and MPS",
+        help="compute dtype. auto (the default) picks the fastest for the device: bfloat16 on CPUs with AMX (where it "
+        "beats float32), float32 on other CPUs, float16 on CUDA and MPS",
     )
 
 

@@ -49,16 +49,22 @@ def _methods_help() -> str:
 
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand; its flags are generated from :class:`~cmkit.training.config.TrainConfig`."""
-    from ..training.config import DataConfig, TrainConfig
-
-    p = add_command(
+    add_command(
         subparsers, "train",
         help="train an EDM teacher or a consistency model (CD, CT, iCT, ECT)",
         description="Train on the embedded digits, a 2-D toy set or a folder of images, on one process or many "
         "(torchrun). Flags override --config, which overrides the defaults.",
-        epilog=EPILOG + "\n" + _methods_help(),
+        epilog=EPILOG,
         argument_default=argparse.SUPPRESS,
+        populate=_add_arguments,
     )
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``cmkit train`` (generated from the config dataclasses) and the methods' options in the epilog."""
+    from ..training.config import DataConfig, TrainConfig
+
+    p.epilog = EPILOG + "\n" + _methods_help()
     p.add_argument("--config", help="a train_config.json to start from (e.g. from an earlier run)")
     add_dataclass_arguments(p, TrainConfig)
     add_dataclass_arguments(p, DataConfig)
