@@ -11,17 +11,9 @@ import pytest
 import torch
 
 from cmkit import CMStochasticIterativeScheduler, ConsistencyModelPipeline
-from cmkit.models.mlp import MLPNet
 from cmkit.pipeline import ImagePipelineOutput
 from cmkit.rng import randint, randn
-
-
-def make_mlp_pipe(sample_shape=(2,), num_class_embeds=None, seed=0):
-    torch.manual_seed(seed)
-    net = MLPNet(sample_shape=sample_shape, width=16, num_blocks=1, embedding_dim=8, num_class_embeds=num_class_embeds)
-    pipe = ConsistencyModelPipeline(net.eval(), CMStochasticIterativeScheduler(num_train_timesteps=40, clip_denoised=False))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from builders import make_mlp_pipe
 
 
 class ToyNet(torch.nn.Module):

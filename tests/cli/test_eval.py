@@ -2,27 +2,10 @@
 
 import importlib.util
 import pytest
-import torch
 from cmkit.metrics import (
     fd_digits_floor,
 )
-
-
-def _tiny_pipeline(path, sample_shape, num_classes=None, parameterization=None):
-    import json
-
-    from cmkit.models.mlp import MLPNet
-    from cmkit.pipeline import ConsistencyModelPipeline
-    from cmkit.schedulers.cm import CMStochasticIterativeScheduler
-
-    torch.manual_seed(0)
-    net = MLPNet(sample_shape=sample_shape, width=32, num_blocks=1, num_class_embeds=num_classes)
-    ConsistencyModelPipeline(net, CMStochasticIterativeScheduler(num_train_timesteps=8)).save_pretrained(path)
-    if parameterization:
-        index = json.loads((path / "model_index.json").read_text())
-        index["cmkit_parameterization"] = parameterization
-        (path / "model_index.json").write_text(json.dumps(index))
-    return path
+from builders import tiny_pipeline_dir
 
 
 def test_eval_cli_digits_table_and_json(tmp_path, capsys):
@@ -30,7 +13,7 @@ def test_eval_cli_digits_table_and_json(tmp_path, capsys):
 
     from cmkit.cli import main
 
-    model = _tiny_pipeline(tmp_path / "p", (1, 8, 8), 10)
+    model = tiny_pipeline_dir(tmp_path / "p", (1, 8, 8), 10)
     out_json = tmp_path / "r.json"
     assert main(["eval", "--model", str(model), "--draws", "2", "--timesteps", "5", "0", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
@@ -44,10 +27,10 @@ def test_eval_cli_digits_table_and_json(tmp_path, capsys):
 def test_eval_cli_teacher_and_toy(tmp_path, capsys):
     from cmkit.cli import main
 
-    teacher = _tiny_pipeline(tmp_path / "t", (1, 8, 8), 10, parameterization="edm")
+    teacher = tiny_pipeline_dir(tmp_path / "t", (1, 8, 8), 10, parameterization="edm")
     assert main(["eval", "--model", str(teacher), "--draws", "2", "--heun-steps", "2"]) == 0
     assert "EDM Heun 2 steps" in capsys.readouterr().out
-    toy = _tiny_pipeline(tmp_path / "toy", (2,))
+    toy = tiny_pipeline_dir(tmp_path / "toy", (2,))
     assert main(["eval", "--model", str(toy)]) == 1
     assert "--toy" in capsys.readouterr().err
     if importlib.util.find_spec("cmkit.data.toys") is not None:

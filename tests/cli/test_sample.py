@@ -2,17 +2,7 @@
 
 import numpy as np
 import pytest
-import torch
-from cmkit import CMStochasticIterativeScheduler, ConsistencyModelPipeline
-from cmkit.models.mlp import MLPNet
-
-
-def make_mlp_pipe(sample_shape=(2,), num_class_embeds=None, seed=0):
-    torch.manual_seed(seed)
-    net = MLPNet(sample_shape=sample_shape, width=16, num_blocks=1, embedding_dim=8, num_class_embeds=num_class_embeds)
-    pipe = ConsistencyModelPipeline(net.eval(), CMStochasticIterativeScheduler(num_train_timesteps=40, clip_denoised=False))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from builders import make_mlp_pipe
 
 
 def test_cli_sample_writes_grid_and_images(tmp_path, capsys):

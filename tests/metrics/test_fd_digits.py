@@ -1,6 +1,5 @@
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,21 +13,6 @@ from cmkit.metrics import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-# ---------------------------------------------------------------- Fréchet distance
-def _scipy_frechet(a: np.ndarray, b: np.ndarray) -> float:
-    scipy_linalg = pytest.importorskip("scipy.linalg")
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = scipy_linalg.sqrtm(s1 @ s2)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean.real))
-
-
-# ---------------------------------------------------------------- SWD
-
-
-# ---------------------------------------------------------------- classifier
 
 
 # ---------------------------------------------------------------- FD-digits
@@ -66,26 +50,3 @@ def test_balanced_class_labels():
     assert torch.equal(torch.bincount(labels), torch.full((10,), 36))
     with pytest.raises(ValueError, match="multiple of 10"):
         balanced_class_labels(355)
-
-
-# ---------------------------------------------------------------- FID (optional extra)
-
-
-# ---------------------------------------------------------------- sampling for evaluation and `cmkit eval`
-def _tiny_pipeline(path, sample_shape, num_classes=None, parameterization=None):
-    import json
-
-    from cmkit.models.mlp import MLPNet
-    from cmkit.pipeline import ConsistencyModelPipeline
-    from cmkit.schedulers.cm import CMStochasticIterativeScheduler
-
-    torch.manual_seed(0)
-    net = MLPNet(sample_shape=sample_shape, width=32, num_blocks=1, num_class_embeds=num_classes)
-    ConsistencyModelPipeline(net, CMStochasticIterativeScheduler(num_train_timesteps=8)).save_pretrained(path)
-    if parameterization:
-        index = json.loads((path / "model_index.json").read_text())
-        index["cmkit_parameterization"] = parameterization
-        (path / "model_index.json").write_text(json.dumps(index))
-    return path
-
-

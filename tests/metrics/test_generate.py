@@ -5,30 +5,14 @@ import torch
 from cmkit.metrics import (
     balanced_class_labels,
 )
-
-
-def _tiny_pipeline(path, sample_shape, num_classes=None, parameterization=None):
-    import json
-
-    from cmkit.models.mlp import MLPNet
-    from cmkit.pipeline import ConsistencyModelPipeline
-    from cmkit.schedulers.cm import CMStochasticIterativeScheduler
-
-    torch.manual_seed(0)
-    net = MLPNet(sample_shape=sample_shape, width=32, num_blocks=1, num_class_embeds=num_classes)
-    ConsistencyModelPipeline(net, CMStochasticIterativeScheduler(num_train_timesteps=8)).save_pretrained(path)
-    if parameterization:
-        index = json.loads((path / "model_index.json").read_text())
-        index["cmkit_parameterization"] = parameterization
-        (path / "model_index.json").write_text(json.dumps(index))
-    return path
+from builders import tiny_pipeline_dir
 
 
 def test_generate_samples_is_seeded_and_batch_size_invariant(tmp_path):
     from cmkit.metrics.generate import generate_heun_samples, generate_samples
     from cmkit.pipeline import ConsistencyModelPipeline
 
-    pipe = ConsistencyModelPipeline.from_pretrained(_tiny_pipeline(tmp_path / "p", (1, 8, 8), 10))
+    pipe = ConsistencyModelPipeline.from_pretrained(tiny_pipeline_dir(tmp_path / "p", (1, 8, 8), 10))
     pipe.set_progress_bar_config(disable=True)
     labels = balanced_class_labels(20)
     a = generate_samples(pipe, 20, 1, num_inference_steps=2, class_labels=labels, batch_size=20)
@@ -47,7 +31,7 @@ def test_generate_heun_samples_makes_2n_minus_1_evaluations_per_batch(tmp_path):
     from cmkit.metrics.generate import generate_heun_samples
     from cmkit.pipeline import ConsistencyModelPipeline
 
-    pipe = ConsistencyModelPipeline.from_pretrained(_tiny_pipeline(tmp_path / "t", (1, 8, 8), 10, "edm"))
+    pipe = ConsistencyModelPipeline.from_pretrained(tiny_pipeline_dir(tmp_path / "t", (1, 8, 8), 10, "edm"))
     calls = []
     pipe.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     generate_heun_samples(pipe, 6, 0, heun_steps=3, class_labels=torch.arange(6), batch_size=4)

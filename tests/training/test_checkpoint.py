@@ -14,31 +14,20 @@ from cmkit.training.loop import Trainer
 from cmkit.training.objectives.cd import CDObjective, CDOptions
 from cmkit.training.objectives.edm import EDMObjective
 from cmkit.io.weights import load_state_dict
+from builders import HookedObjective
 
 
 class Crash(Exception):
     pass
 
 
-class CrashAt:
-    """Wraps an objective and raises :class:`Crash` at step ``at`` (a killed process, as far as the loop knows)."""
+def CrashAt(inner, at):
+    """``inner`` until step ``at``, where it raises :class:`Crash` (a process dying mid-run)."""
 
-    def __init__(self, inner, at):
-        self.inner, self.model, self.at = inner, inner.model, at
+    def crash(step):
+        raise Crash(step)
 
-    def __call__(self, x0, class_labels, step, rng):
-        if step == self.at:
-            raise Crash(step)
-        return self.inner(x0, class_labels, step, rng)
-
-    def after_optimizer_step(self, step):
-        self.inner.after_optimizer_step(step)
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state):
-        self.inner.load_state_dict(state)
+    return HookedObjective(inner, at, crash)
 
 
 def data():

@@ -3,15 +3,7 @@
 import json
 import pytest
 from cmkit.training.config import DataConfig, TrainConfig
-
-
-def toy_config(tmp_path, **kw):
-    base = dict(
-        method="edm", data=DataConfig(kind="toy", toy="8gaussians"), model="mlp", steps=6, batch_size=16, lr=1e-3,
-        output_dir=str(tmp_path / "run"), save_every=2, progress=False, num_samples=16, ema_rates=(0.9, 0.99),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+from builders import toy_config
 
 
 def test_config_json_round_trip(tmp_path):

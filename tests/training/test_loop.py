@@ -11,19 +11,11 @@ from cmkit.models.denoiser import Denoiser
 from cmkit.models.mlp import MLPNet
 from cmkit.training import checkpoint as ckpt
 from cmkit.training.build import load_denoiser
-from cmkit.training.config import DataConfig, TrainConfig
+from cmkit.training.config import TrainConfig
 from cmkit.training.loop import NonFiniteLossError, Trainer, learning_rate
 from cmkit.training.objectives.base import ObjectiveOutput
 from cmkit.training.objectives.edm import EDMObjective
-
-
-def toy_config(tmp_path, **kw):
-    base = dict(
-        method="edm", data=DataConfig(kind="toy", toy="8gaussians"), model="mlp", steps=6, batch_size=16, lr=1e-3,
-        output_dir=str(tmp_path / "run"), save_every=2, progress=False, num_samples=16, ema_rates=(0.9, 0.99),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+from builders import toy_config
 
 
 def toy_data():

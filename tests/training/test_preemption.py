@@ -22,6 +22,7 @@ from cmkit.training.config import DataConfig, TrainConfig
 from cmkit.training.loop import Trainer
 from cmkit.training.objectives.edm import EDMObjective
 from cmkit.training.preemption import StopSignals, TrainingStopped
+from builders import HookedObjective
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -75,25 +76,9 @@ def make_edm(seed):
 
 
 # ----- the loop, in process --------------------------------------------------------------------------------------
-class SignalAt:
-    """Wraps an objective and sends this process ``sig`` during step ``at`` (as a scheduler would)."""
-
-    def __init__(self, inner, at, sig):
-        self.inner, self.model, self.at, self.sig = inner, inner.model, at, sig
-
-    def __call__(self, x0, class_labels, step, rng):
-        if step == self.at:
-            signal.raise_signal(self.sig)
-        return self.inner(x0, class_labels, step, rng)
-
-    def after_optimizer_step(self, step):
-        self.inner.after_optimizer_step(step)
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state):
-        self.inner.load_state_dict(state)
+def SignalAt(inner, at, sig):
+    """``inner``, raising signal ``sig`` in this process at step ``at`` (as a cluster's SIGTERM would arrive)."""
+    return HookedObjective(inner, at, lambda step: signal.raise_signal(sig))
 
 
 def test_trainer_finishes_the_step_saves_and_resumes_bit_identically(tmp_path):
