@@ -75,6 +75,10 @@ class StopSignals:
                 continue
             self._previous[sig] = previous
             signal.signal(sig, self._record)
+            # the handler only records, so let interrupted system calls restart: a signal delivered to one of the
+            # native threads (gloo, OpenMP) must not fail its read with EINTR (seen as an abort in a torchrun worker)
+            if hasattr(signal, "siginterrupt"):
+                signal.siginterrupt(sig, False)
 
     def restore(self) -> None:
         """Put the previous handlers back (a no-op when nothing was installed)."""
