@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .editing import pipeline_edits as edits
 from .editing.inputs import ImageInput
 from .editing.pipeline_edits import ConsistencyFn, EditOptions
+from .hardware import fastest_dtype
 from .karras import Parameterization
 from .limits import require_sampling_batch_fits, require_weights_fit
 from .models.denoiser import call_network
@@ -240,9 +241,11 @@ class ConsistencyModelPipeline:
 
     def _warn_slow_dtype(self, dtype: torch.dtype, device: torch.device) -> None:
         if dtype == torch.float16 and device.type == "cpu" and not self._silence_dtype_warnings:
+            fastest = str(fastest_dtype("cpu")).removeprefix("torch.")
             warnings.warn(
-                "sampling in float16 on a CPU is very slow (about 1000x slower than float32 matrix products "
-                "here); use torch.bfloat16 on CPU, or float16 on a GPU",
+                "sampling in float16 on a CPU is very slow (about 1000x slower than float32 matrix products); "
+                f"use torch.{fastest} on this CPU (cmkit.hardware.fastest_dtype(): bfloat16 pays off only with AMX, "
+                "float32 elsewhere), or float16 on a GPU",
                 UserWarning,
                 stacklevel=3,
             )
