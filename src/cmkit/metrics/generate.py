@@ -35,8 +35,6 @@ def require_samples_fit(pipe, num_samples: int, batch_size: int) -> None:
 
 
 def _batches(num_samples: int, batch_size: int, labels: Optional[Tensor]):
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
     if labels is not None and len(labels) != num_samples:
         raise ValueError(f"got {len(labels)} class labels for {num_samples} samples; pass one per sample")
     for start in range(0, num_samples, batch_size):

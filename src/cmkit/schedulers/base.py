@@ -95,6 +95,12 @@ class SchedulerMixin(ConfigMixin):
         """Index of the first timestep, set by a pipeline through :meth:`set_begin_index` (e.g. for img2img)."""
         return self._begin_index
 
+    @staticmethod
+    def _check_one_schedule(num_inference_steps: int | None, timesteps: Any) -> None:
+        if (num_inference_steps is None) == (timesteps is None):
+            got = "neither" if timesteps is None else "both; use num_inference_steps=None with custom timesteps"
+            raise ValueError(f"pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got {got})")
+
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start stepping at ``timesteps[begin_index]`` instead of looking the first timestep up."""
         self._begin_index = require_int("begin_index", begin_index, 0, " (a non-negative integer)")

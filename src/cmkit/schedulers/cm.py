@@ -104,13 +104,7 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         N = 40 is OpenAI's ``--ts 0,22,39``.
         """
         n_train = int(self.config.num_train_timesteps)
-        if num_inference_steps is None and timesteps is None:
-            raise ValueError("pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got neither)")
-        if num_inference_steps is not None and timesteps is not None:
-            raise ValueError(
-                "pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got both); "
-                "use num_inference_steps=None with custom timesteps"
-            )
+        self._check_one_schedule(num_inference_steps, timesteps)
         if timesteps is not None:
             schedule = np.array(check_custom_timesteps(timesteps, n_train), dtype=np.int64)
             self.custom_timesteps = True

@@ -145,10 +145,7 @@ class TCDScheduler(SchedulerMixin):
     ) -> None:
         """Choose ``num_inference_steps`` evenly spaced timesteps of the distillation schedule, or custom ones."""
         n_train = int(self.config.num_train_timesteps)
-        if num_inference_steps is None and timesteps is None:
-            raise ValueError("pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got neither)")
-        if num_inference_steps is not None and timesteps is not None:
-            raise ValueError("pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got both)")
+        self._check_one_schedule(num_inference_steps, timesteps)
         if not 0 < strength <= 1:
             raise ValueError(f"strength must lie in (0, 1], got {strength}")
         if original_inference_steps is not None:
