@@ -22,8 +22,6 @@ from ..config import ConfigMixin
 from ..io.hub import resolve_pretrained
 from .._validate import require_int
 
-__all__ = ["SchedulerMixin", "SchedulerOutput", "require_int"]
-
 S = TypeVar("S", bound="SchedulerMixin")
 
 
