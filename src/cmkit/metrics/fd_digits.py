@@ -60,17 +60,12 @@ def classifier_accuracy(samples: Tensor, labels: Tensor, classifier: DigitsClass
 
 
 @lru_cache(maxsize=2)
-def _held_out_statistics(classifier: DigitsClassifier | None) -> tuple[Tensor, Tensor]:
-    images, _ = load_digits("test")
-    return feature_statistics(digits_features(images, classifier))
-
-
 def fd_digits(samples: Tensor, classifier: DigitsClassifier | None = None) -> float:
     """FD-digits of one set of generated samples ``[N, 1, H, W]`` in [-1, 1] against the held-out set."""
     if samples.shape[0] < 2:
         raise ValueError(f"FD-digits needs at least 2 samples (360 are standard), got {samples.shape[0]}")
     mu, sigma = feature_statistics(digits_features(samples, classifier))
-    mu_ref, sigma_ref = _held_out_statistics(classifier)
+    mu_ref, sigma_ref = feature_statistics(digits_features(load_digits("test")[0], classifier))
     return frechet_distance(mu, sigma, mu_ref, sigma_ref)
 
 

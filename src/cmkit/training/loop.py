@@ -77,10 +77,6 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.opt
     return cls(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
 
 
-def _autocast_dtype(precision: str) -> Optional[torch.dtype]:
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 class Trainer:
     """Runs ``objective`` on ``data`` as described by ``config`` (built by :func:`train`, or by hand in tests)."""
 
@@ -101,7 +97,7 @@ class Trainer:
         if not self.params:
             raise ValueError("the objective's model has no trainable parameters")
         self.optimizer = make_optimizer(config, self.params)
-        self.autocast_dtype = _autocast_dtype(config.precision)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
         self.scaler = torch.amp.GradScaler(self.ctx.device.type) if config.precision == "fp16" else None
         self.ema = EMA(self.model, config.ema_rates, config.ema_warmup) if self.ctx.is_main else None
         self.losses: list[float] = []
