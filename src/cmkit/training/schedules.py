@@ -24,17 +24,6 @@ from torch import Tensor
 from .._validate import require_int, require_positive
 from ..karras import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
 
-__all__ = [
-    "ct_num_scales",
-    "ct_target_ema",
-    "ict_num_scales",
-    "ict_stage_length",
-    "lognormal_pair_probs",
-    "ect_r",
-    "ect_stage",
-    "training_grid",
-]
-
 
 def _check_progress(k: int, total_steps: int) -> None:
     require_int("total_steps", total_steps, 1)
