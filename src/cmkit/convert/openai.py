@@ -140,9 +140,6 @@ def _openai_config(
     return out
 
 
-# ----------------------------------------------------------------------------------------------- key mapping
-
-
 def _as_linear(key: str, w: Tensor) -> Tensor:
     """A 1x1 convolution's weight (or a bias) as a linear layer's."""
     if w.ndim > 2 and any(size != 1 for size in w.shape[2:]):

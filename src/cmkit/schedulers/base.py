@@ -64,7 +64,6 @@ class SchedulerMixin(ConfigMixin):
     _step_index: int | None
     _begin_index: int | None
 
-    # ----------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(
         cls: type[S], pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **overrides: Any
@@ -82,7 +81,6 @@ class SchedulerMixin(ConfigMixin):
             raise NotADirectoryError(f"{save_directory} is a file; save_pretrained needs a directory")
         return self.save_config(save_directory)
 
-    # ----------------------------------------------------------------- step-index protocol
     @property
     def step_index(self) -> int | None:
         """Index into ``timesteps`` of the next ``step``; ``None`` until the first step (or scale) call."""

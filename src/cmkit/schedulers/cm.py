@@ -70,7 +70,6 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         self._begin_index: int | None = None
         self._timesteps_set = False
 
-    # ----------------------------------------------------------------- the grid
     def _grid_sigmas(self, ramp: np.ndarray) -> np.ndarray:
         """float64 Karras sigmas at ``ramp`` positions (numpy, to match diffusers bit for bit)."""
         c = self.config
@@ -90,7 +89,6 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         """Consistency scalings ``(c_skip, c_out)`` with ``f(x, sigma_min) = x`` (CM appendix C)."""
         return karras.consistency_scalings(sigma, self.config.sigma_min, self.config.sigma_data)
 
-    # ----------------------------------------------------------------- schedule
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -125,7 +123,6 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         self._begin_index = None
         self._timesteps_set = True
 
-    # ----------------------------------------------------------------- sampling
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor) -> Tensor:
         """The network input ``c_in(sigma) x``, computed as ``x / sqrt(sigma^2 + sigma_data^2)`` (EDM table 1)."""
         if self._step_index is None:

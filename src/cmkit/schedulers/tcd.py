@@ -119,7 +119,6 @@ class TCDScheduler(SchedulerMixin):
         """TCD feeds the sample unscaled; kept for the common scheduler interface."""
         return sample
 
-    # ----------------------------------------------------------------- schedule
     def _origin_timesteps(self, original_inference_steps: int | None, strength: float) -> np.ndarray:
         """The distillation schedule that inference timesteps are drawn from (TCD sec. 4.3, skipping step k)."""
         n_train = int(self.config.num_train_timesteps)
@@ -215,7 +214,6 @@ class TCDScheduler(SchedulerMixin):
             return torch.tensor(-1) if index == self.timesteps.shape[0] - 1 else self.timesteps[index + 1]
         return timestep - 1
 
-    # ----------------------------------------------------------------- sampling
     def _clip_x0(self, x0: Tensor) -> Tensor:
         """Apply ``thresholding`` or ``clip_sample`` to the predicted x0 (no-ops with the default config)."""
         c = self.config
@@ -278,7 +276,6 @@ class TCDScheduler(SchedulerMixin):
             return (prev_sample, pred_noised_sample)
         return TCDSchedulerOutput(prev_sample=prev_sample, pred_noised_sample=pred_noised_sample)
 
-    # ----------------------------------------------------------------- forward process
     def _sqrt_alpha_terms(self, timesteps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """``sqrt(alpha_bar_t)`` and ``sqrt(1 - alpha_bar_t)`` in ``like``'s dtype, broadcastable against it."""
         self.alphas_cumprod = self.alphas_cumprod.to(device=like.device)

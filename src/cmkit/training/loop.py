@@ -104,7 +104,6 @@ class Trainer:
         self.start_step = 0
         self.last_checkpoint: Optional[Path] = None
 
-    # ----- checkpoints ----------------------------------------------------------------------------------------
     def save(self, step: int) -> Path:
         """Checkpoint after ``step`` optimizer steps (main process writes; every process waits)."""
         path = ckpt.checkpoint_dir(self.output_dir, step)
@@ -145,7 +144,6 @@ class Trainer:
         self.last_checkpoint = saved.path
         return True
 
-    # ----- one step -------------------------------------------------------------------------------------------
     def step(self, step: int) -> tuple[float, float, dict[str, float]]:
         """One optimizer step; returns the loss (mean over processes), the gradient norm and the metrics."""
         cfg, ctx, device = self.config, self.ctx, self.ctx.device
@@ -186,7 +184,6 @@ class Trainer:
             self.ema.update(self.model, step)
         return loss_mean, grad_norm, out.metrics
 
-    # ----- the run --------------------------------------------------------------------------------------------
     def run(self) -> Path:
         """Train from ``start_step`` to ``config.steps``; export and return the output directory.
 
@@ -262,7 +259,6 @@ class Trainer:
             f"warm-up, or bf16/fp32 instead of fp16. {where}."
         )
 
-    # ----- evaluation and export ------------------------------------------------------------------------------
     def eval_model(self) -> nn.Module:
         """The network that gets exported: the chosen EMA (or the online weights), in eval mode."""
         rate = self.config.exported_ema_rate
