@@ -154,7 +154,7 @@ class TCDScheduler(SchedulerMixin):
 
         if timesteps is not None:
             values = check_custom_timesteps(timesteps, n_train)
-            self._warn_on_unusual_schedule(values, origin, original_inference_steps, strength)
+            self._warn_on_unusual_schedule(values, origin, original, strength)
             schedule = np.array(values, dtype=np.int64)
             self.custom_timesteps = True
             keep = min(int(len(schedule) * strength), len(schedule))  # img2img: skip the noisiest steps
@@ -164,9 +164,7 @@ class TCDScheduler(SchedulerMixin):
                     f"strength={strength} keeps none of the {len(values)} custom timesteps; raise strength"
                 )
         else:
-            n = require_int("num_inference_steps", num_inference_steps, 1)
-            if n > n_train:
-                raise ValueError(f"num_inference_steps={n} cannot exceed num_train_timesteps={n_train}")
+            n = require_int("num_inference_steps", num_inference_steps, 1, " (num_train_timesteps)", maximum=n_train)
             if n > original:
                 raise ValueError(
                     f"num_inference_steps={n} cannot exceed original_inference_steps={original}: the schedule is a "
@@ -185,9 +183,7 @@ class TCDScheduler(SchedulerMixin):
         self._step_index = None
         self._begin_index = None
 
-    def _warn_on_unusual_schedule(
-        self, values: list[int], origin: np.ndarray, original_inference_steps: int | None, strength: float
-    ) -> None:
+    def _warn_on_unusual_schedule(self, values: list[int], origin: np.ndarray, limit: int, strength: float) -> None:
         """Warn (as diffusers does) about custom timesteps the distilled model was not trained on."""
         n_train = int(self.config.num_train_timesteps)
         if strength == 1.0 and values[0] != n_train - 1:
@@ -200,7 +196,6 @@ class TCDScheduler(SchedulerMixin):
             warnings.warn(
                 f"custom timesteps {off} are not on the distillation schedule; results may degrade", stacklevel=3
             )
-        limit = original_inference_steps or self.config.original_inference_steps
         if len(values) > limit:
             warnings.warn(
                 f"{len(values)} custom timesteps exceed the {limit}-step distillation schedule; results may degrade",
