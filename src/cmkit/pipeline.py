@@ -119,8 +119,7 @@ class ConsistencyModelPipeline:
     def num_classes(self) -> Optional[int]:
         """Number of classes of a class-conditional model (``config.num_class_embeds``), else None."""
         model = self.model
-        config = getattr(model, "config", None)
-        n = getattr(config, "num_class_embeds", None) if config is not None else None
+        n = getattr(getattr(model, "config", None), "num_class_embeds", None)
         if n is None:
             n = getattr(model, "num_class_embeds", None)
         return int(n) if n is not None else None
