@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 import torch
@@ -113,7 +113,7 @@ class CPUInfo:
 
 
 @functools.lru_cache(maxsize=1)
-def _static_cpu_info() -> tuple[str, str, Optional[str], bool, bool, bool, bool]:
+def _static_cpu_info() -> CPUInfo:
     onednn = bool(torch.backends.mkldnn.is_available())
     cap = _onednn_isa_cap()
     onednn_bf16 = onednn and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -125,14 +125,14 @@ def _static_cpu_info() -> tuple[str, str, Optional[str], bool, bool, bool, bool]
     cap_rank = onednn_isa_rank(cap) if cap else None
     cap_allows = cap is None or (cap_rank is not None and cap_rank >= onednn_isa_rank(NATIVE_BF16_ISA))  # type: ignore[operator]
     native_bf16 = amx and onednn_bf16 and cap_allows
-    return _cpu_model_name(), torch.backends.cpu.get_cpu_capability(), cap, native_bf16, avx512_bf16, onednn_bf16, onednn
+    aten = torch.backends.cpu.get_cpu_capability()  # threads (and whether oneDNN is enabled) are read live
+    return CPUInfo(_cpu_model_name(), aten, cap, native_bf16, avx512_bf16, onednn_bf16, onednn, threads=0)
 
 
 def cpu_info() -> CPUInfo:
     """This process's :class:`CPUInfo` (the ISA facts are computed once; the thread count is read live)."""
-    name, aten, cap, native_bf16, avx512_bf16, onednn_bf16, onednn = _static_cpu_info()
-    enabled = onednn and torch.backends.mkldnn.enabled
-    return CPUInfo(name, aten, cap, native_bf16, avx512_bf16, onednn_bf16, enabled, torch.get_num_threads())
+    info = _static_cpu_info()
+    return replace(info, onednn=info.onednn and torch.backends.mkldnn.enabled, threads=torch.get_num_threads())
 
 
 def fastest_dtype(device: DeviceLike = "cpu") -> torch.dtype:

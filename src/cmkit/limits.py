@@ -100,7 +100,6 @@ def format_bytes(nbytes: float) -> str:
         if abs(value) < 1024 or unit == "PiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return f"{value:.1f} PiB"  # pragma: no cover
 
 
 def require_memory(nbytes: float, what: str, fix: str, device: DeviceLike = None) -> None:

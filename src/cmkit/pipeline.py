@@ -70,7 +70,6 @@ class ConsistencyModelPipeline:
         #: "consistency", or "edm" for a diffusion teacher saved by ``cmkit train --method edm`` (not sampleable here).
         self.parameterization: Parameterization = "consistency"
 
-    # ----- components, device and dtype -------------------------------------------------------------------
     @property
     def components(self) -> dict[str, Any]:
         """The constructor arguments: ``ConsistencyModelPipeline(**pipe.components)`` rebuilds the pipeline."""
@@ -121,8 +120,7 @@ class ConsistencyModelPipeline:
     def num_classes(self) -> Optional[int]:
         """Number of classes of a class-conditional model (``config.num_class_embeds``), else None."""
         model = self.model
-        config = getattr(model, "config", None)
-        n = getattr(config, "num_class_embeds", None) if config is not None else None
+        n = getattr(getattr(model, "config", None), "num_class_embeds", None)
         if n is None:
             n = getattr(model, "num_class_embeds", None)
         return int(n) if n is not None else None
@@ -145,7 +143,6 @@ class ConsistencyModelPipeline:
         """Refuse a batch whose sampler state and network activations cannot fit the device's memory."""
         require_sampling_batch_fits(self.model, batch_size, sample_shape, self.dtype, self.device)
 
-    # ----- progress bar -----------------------------------------------------------------------------------
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """Options passed to ``tqdm`` for the progress bar over steps (e.g. ``disable=True``, ``leave=False``)."""
         self._progress_bar_config = dict(kwargs)
@@ -156,7 +153,6 @@ class ConsistencyModelPipeline:
 
         return tqdm(total=total, **self._progress_bar_config)
 
-    # ----- loading and saving -----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(
         cls,
@@ -192,7 +188,6 @@ class ConsistencyModelPipeline:
             return
         self.default_timesteps.update(parse_default_timesteps({key: list(timesteps)}, "set_default_timesteps"))
 
-    # ----- the sampling call ------------------------------------------------------------------------------
     #: diffusers' name for the call's argument checks (:func:`cmkit.pipeline_inputs.check_call_inputs`).
     check_inputs = staticmethod(check_call_inputs)
 

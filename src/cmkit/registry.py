@@ -37,8 +37,7 @@ def _import(target: Union[str, type]) -> type:
     if not isinstance(target, str):
         return target
     module_name, attr = target.split(":", 1)
-    module = importlib.import_module(module_name)
-    obj: Any = module
+    obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj

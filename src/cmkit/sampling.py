@@ -31,10 +31,6 @@ def cpu_float64(values: Tensor | Sequence[float]) -> Tensor:
     return torch.as_tensor(values, dtype=torch.float64)
 
 
-def _denoise(model: DenoiseFn, x: Tensor, sigma: Tensor | float, class_labels: Optional[Tensor]) -> Tensor:
-    return model(x, _sigma_batch(sigma, x), class_labels)
-
-
 def consistency_step(
     denoised: Tensor,
     sigma_next: Optional[SigmaLike],
@@ -82,7 +78,7 @@ def sample_consistency(
     """
     sigmas = cpu_float64(sigmas)
     for i, sigma in enumerate(sigmas):
-        denoised = _denoise(model, x, float(sigma), class_labels)
+        denoised = model(x, _sigma_batch(float(sigma), x), class_labels)
         if i + 1 == len(sigmas):
             return consistency_step(denoised, None, clip_denoised=clip_denoised, project=project)
         z = randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * s_noise

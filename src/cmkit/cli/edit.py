@@ -123,10 +123,8 @@ def run(args: argparse.Namespace) -> int:
         result = pipe.denoise(args.image, args.sigma, **common)
     elif args.task == "stroke-edit":
         result = pipe.stroke_edit(args.image, args.sigma, **common)
-    elif args.task == "interpolate":
+    else:  # "interpolate": argparse restricts the choices
         result = pipe.interpolate(args.first, args.second, num_images=args.num_images, sigma=args.sigma, **common)
-    else:  # pragma: no cover - argparse restricts the choices
-        raise ValueError(f"unknown editing task {args.task!r}")
     _save(result.images, out)
     print(f"wrote {out}")
     return 0

@@ -49,15 +49,10 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _summary(values: list[float]) -> tuple[float, float]:
-    import statistics
-
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def run(args: argparse.Namespace) -> int:
     """Sample each configuration, measure it, print the table (and write JSON)."""
     import json
+    import statistics
     import time
     from pathlib import Path
 
@@ -129,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             )
         else:
             values = [toy_swd(chunk, toy) for chunk in samples.split(per_draw)]
-            mean, std = _summary(values)
+            mean, std = statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
             floor_mean, floor_std = toy_swd_floor(toy, per_draw)
             row.update(metric=f"swd_{toy}", mean=mean, std=std, draws=values, floor_mean=floor_mean,
                        floor_std=floor_std, ratio=mean / floor_mean, accuracy=None)

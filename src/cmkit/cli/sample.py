@@ -100,16 +100,15 @@ def run(args: argparse.Namespace) -> int:
     load_s = time.perf_counter() - t0
     pipe.require_batch_fits(args.batch_size, pipe.sample_shape)  # before any per-sample list is built
     labels = _class_labels(args.class_labels, args.batch_size)
-    image_like = is_image_shape(pipe.sample_shape)
-    wants_images = args.out_dir is not None or (out is not None and out.suffix.lower() != ".npy")
-    if wants_images and not image_like:
+    grid = out is not None and out.suffix.lower() != ".npy"
+    wants_images = args.out_dir is not None or grid
+    if wants_images and not is_image_shape(pipe.sample_shape):
         raise ValueError(
             f"this model makes samples of shape {pipe.sample_shape}, not images; save them with --out FILE.npy"
         )
     if wants_images:
         channels, height, width = pipe.sample_shape
         scale = args.scale or max(1, 64 // max(width, height))
-        grid = out is not None and out.suffix.lower() != ".npy"
         check_upscaled_images(args.batch_size, width, height, channels, scale, grid=grid)
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -127,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
 
     if wants_images:
         w, h = samples[0].size
-        scale = args.scale or max(1, 64 // max(w, h))
         if scale > 1:
             from PIL import Image
 
@@ -138,11 +136,11 @@ def run(args: argparse.Namespace) -> int:
             for i, im in enumerate(samples):
                 im.save(out_dir / f"{i:05d}.png")
             print(f"wrote {len(samples)} images to {out_dir}")
-        if out is not None and out.suffix.lower() != ".npy":
+        if grid:
             out.parent.mkdir(parents=True, exist_ok=True)
             image_grid(samples, cols=args.cols).save(out)
             print(f"wrote {out}")
-    if out is not None and out.suffix.lower() == ".npy":
+    if out is not None and not grid:
         array = samples if isinstance(samples, np.ndarray) else np.stack([np.asarray(im) for im in samples])
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, array)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-from .._validate import require_int
+from .._validate import check_choice, require_int
 from ..models.modeling import load_exact_state_dict
 from ..models.presets import PresetName, unet_preset_config
 from ..models.unet import UNet2DModel
@@ -140,9 +140,6 @@ def _openai_config(
     return out
 
 
-# ----------------------------------------------------------------------------------------------- key mapping
-
-
 def _as_linear(key: str, w: Tensor) -> Tensor:
     """A 1x1 convolution's weight (or a bias) as a linear layer's."""
     if w.ndim > 2 and any(size != 1 for size in w.shape[2:]):
@@ -241,8 +238,7 @@ def _resolve(
     num_heads: Optional[int] = None, sample_size: Optional[int] = None, qkv_layout: QKVLayout = "qkv_major",
 ) -> tuple[dict[str, Any], dict[str, _Source]]:  # fmt: skip
     """The config and key map of a bare state dict: the given config, or the published preset it fits."""
-    if qkv_layout not in ("qkv_major", "head_major"):
-        raise ValueError(f"qkv_layout={qkv_layout!r} is not supported; use 'qkv_major' or 'head_major'")
+    check_choice("qkv_layout", qkv_layout, ("qkv_major", "head_major"))
     seen = _check_checkpoint(sd, num_classes, class_cond)
     options = (attention_head_dim, num_heads, sample_size)
     if unet_config is not None or preset is not None:
@@ -301,8 +297,7 @@ def convert_openai_checkpoint(
     ``state_dict_key`` and ``options`` are those of :func:`convert_openai_state_dict`. ``scheduler`` picks the
     published Karras grid, sigma in [0.002, 80]: ``"cd"`` (N=40), ``"ct_imagenet64"`` (201), ``"ct_lsun256"`` (151).
     """
-    if scheduler not in SCHEDULER_TIMESTEPS:
-        raise ValueError(f"scheduler={scheduler!r} is not known; use one of {sorted(SCHEDULER_TIMESTEPS)}")
+    check_choice("scheduler", scheduler, sorted(SCHEDULER_TIMESTEPS))
     path = Path(checkpoint_path)
     loaded = load_state_dict(path) if path.suffix == ".safetensors" else load_torch_file(path)
     config, converted = convert_openai_state_dict(_unwrapped(loaded, state_dict_key, str(path)), **options)

@@ -39,7 +39,14 @@ class FoundStateDict:
 
     def describe(self) -> str:
         """Where the weights came from, in words."""
-        return _describe(self.name)
+        if not self.name:
+            return "the checkpoint's top level"
+        *keys, last = self.name.split("/")
+        prefix = last if last.endswith(".") else ""
+        if not prefix:
+            keys.append(last)
+        where = "checkpoint" + "".join(f"[{k!r}]" for k in keys) if keys else "the checkpoint's top level"
+        return where + (f", with the key prefix {prefix!r} removed" if prefix else "")
 
 
 @dataclass(frozen=True)
@@ -58,17 +65,6 @@ class _Candidate:
         wrapper = parts[-1] if parts else ""
         rank = WRAPPER_PREFERENCE.index(wrapper) if wrapper in WRAPPER_PREFERENCE else len(WRAPPER_PREFERENCE)
         return (0 if is_ema else 1, rank, len(parts), self.name)
-
-
-def _describe(name: str) -> str:
-    if not name:
-        return "the checkpoint's top level"
-    *keys, last = name.split("/")
-    prefix = last if last.endswith(".") else ""
-    if not prefix:
-        keys.append(last)
-    where = "checkpoint" + "".join(f"[{k!r}]" for k in keys) if keys else "the checkpoint's top level"
-    return where + (f", with the key prefix {prefix!r} removed" if prefix else "")
 
 
 def _collect(obj: Mapping[Any, Any], marker: str, path: tuple[str, ...], out: list[_Candidate]) -> None:

@@ -8,8 +8,6 @@ from .source import DataSource, SamplerSource, TensorSource
 
 DataKind = Literal["digits", "toy", "folder"]
 
-__all__ = ["DataKind", "DataSource", "SamplerSource", "TensorSource", "build_dataset"]
-
 
 def build_dataset(
     kind: DataKind,

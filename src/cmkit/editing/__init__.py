@@ -19,24 +19,3 @@ from .presets import (
     super_resolution,
 )
 from .transforms import ColorTransform, IdentityTransform, OrthogonalTransform, PatchTransform, orthonormal_basis
-
-__all__ = [
-    "ColorTransform",
-    "EditTask",
-    "IdentityTransform",
-    "OrthogonalTransform",
-    "PatchTransform",
-    "check_mask",
-    "check_sigmas",
-    "colorization",
-    "denoising",
-    "downsample",
-    "edit",
-    "editing_sigmas",
-    "inpainting",
-    "interpolation",
-    "orthonormal_basis",
-    "slerp",
-    "stroke_editing",
-    "super_resolution",
-]

@@ -81,7 +81,6 @@ class EditablePipeline(Protocol):
     ) -> Optional[Tensor]: ...
 
 
-# ----- the model and its range ------------------------------------------------------------------------------
 def _sigma_config(pipe: EditablePipeline) -> dict[str, float]:
     config = pipe.scheduler.config
     return {
@@ -154,7 +153,6 @@ def _run(pipe: EditablePipeline, task: EditTask, task_name: str, options: EditOp
     return pipeline_output(postprocess(out, o.output_type), o.return_dict)
 
 
-# ----- the tasks --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def inpaint(pipe: EditablePipeline, image: ImageInput, mask: ImageInput, options: EditOptions) -> PipelineResult:
     """Fill the region where ``mask`` is white (>= 0.5) and keep the rest of ``image`` exactly."""

@@ -17,24 +17,3 @@ from .fd_digits import (
 )
 from .frechet import feature_statistics, frechet_distance, frechet_distance_from_features
 from .swd import projection_directions, sliced_wasserstein, swd_floor, toy_reference, toy_swd, toy_swd_floor
-
-__all__ = [
-    "DigitsClassifier",
-    "DigitsEvaluation",
-    "balanced_class_labels",
-    "classifier_accuracy",
-    "digits_features",
-    "evaluate_digits",
-    "fd_digits",
-    "fd_digits_floor",
-    "feature_statistics",
-    "frechet_distance",
-    "frechet_distance_from_features",
-    "load_digits_classifier",
-    "projection_directions",
-    "sliced_wasserstein",
-    "swd_floor",
-    "toy_reference",
-    "toy_swd",
-    "toy_swd_floor",
-]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..data.digits import HELD_OUT_PER_CLASS, NUM_CLASSES, load_digits
 from .classifier import DigitsClassifier, load_digits_classifier, to_classifier_input
-from .frechet import feature_statistics, frechet_distance
+from .frechet import frechet_distance_from_features
 
 #: samples per draw, the size of the held-out set.
 DRAW_SIZE = NUM_CLASSES * HELD_OUT_PER_CLASS
@@ -60,18 +60,12 @@ def classifier_accuracy(samples: Tensor, labels: Tensor, classifier: DigitsClass
 
 
 @lru_cache(maxsize=2)
-def _held_out_statistics(classifier: DigitsClassifier | None) -> tuple[Tensor, Tensor]:
-    images, _ = load_digits("test")
-    return feature_statistics(digits_features(images, classifier))
-
-
 def fd_digits(samples: Tensor, classifier: DigitsClassifier | None = None) -> float:
     """FD-digits of one set of generated samples ``[N, 1, H, W]`` in [-1, 1] against the held-out set."""
     if samples.shape[0] < 2:
         raise ValueError(f"FD-digits needs at least 2 samples (360 are standard), got {samples.shape[0]}")
-    mu, sigma = feature_statistics(digits_features(samples, classifier))
-    mu_ref, sigma_ref = _held_out_statistics(classifier)
-    return frechet_distance(mu, sigma, mu_ref, sigma_ref)
+    held_out, _ = load_digits("test")
+    return frechet_distance_from_features(digits_features(samples, classifier), digits_features(held_out, classifier))
 
 
 def _class_balanced_subset(labels: Tensor, per_class: int, generator: torch.Generator) -> Tensor:

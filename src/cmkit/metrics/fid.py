@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io.weights import load_state_dict
-from .frechet import feature_statistics, frechet_distance
+from .frechet import frechet_distance_from_features
 
 WEIGHTS_ENV = "CMKIT_INCEPTION_WEIGHTS"
 WEIGHTS_FILE_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -109,9 +109,8 @@ def fid(
     """FID between two image sets ``[N, C, H, W]`` (uint8, or float in [0, 1])."""
     if images_1.shape[0] < 2 or images_2.shape[0] < 2:
         raise ValueError("FID needs at least 2 images per set (thousands for a meaningful value)")
-    stats_1 = feature_statistics(inception_features(images_1, weights_path, batch_size, device))
-    stats_2 = feature_statistics(inception_features(images_2, weights_path, batch_size, device))
-    return frechet_distance(*stats_1, *stats_2)
+    features = [inception_features(images, weights_path, batch_size, device) for images in (images_1, images_2)]
+    return frechet_distance_from_features(*features)
 
 
 def load_image_folder(directory: str | os.PathLike) -> Tensor:

@@ -17,11 +17,6 @@ from ..rng import randn
 from ..sampling import sample_from_noise
 
 
-def _to_model_space(images: Tensor) -> Tensor:
-    images = images.float()
-    return images * 2 - 1 if images.ndim == 4 else images
-
-
 def require_samples_fit(pipe, num_samples: int, batch_size: int) -> None:
     """Refuse ``num_samples`` float32 samples (all kept for the metric), or one batch, that cannot fit in memory."""
     from ..limits import require_memory
@@ -35,8 +30,6 @@ def require_samples_fit(pipe, num_samples: int, batch_size: int) -> None:
 
 
 def _batches(num_samples: int, batch_size: int, labels: Optional[Tensor]):
-    if num_samples < 1 or batch_size < 1:
-        raise ValueError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
     if labels is not None and len(labels) != num_samples:
         raise ValueError(f"got {len(labels)} class labels for {num_samples} samples; pass one per sample")
     for start in range(0, num_samples, batch_size):
@@ -68,7 +61,8 @@ def generate_samples(
             generator=generator,
             output_type="pt",
         )
-        parts.append(_to_model_space(out.images))
+        images = out.images.float()  # images in [0, 1] to model space; other samples are there already
+        parts.append(images * 2 - 1 if images.ndim == 4 else images)
     return torch.cat(parts)
 
 

@@ -2,10 +2,3 @@
 
 from .cm import CMStochasticIterativeScheduler, CMStochasticIterativeSchedulerOutput
 from .tcd import TCDScheduler, TCDSchedulerOutput
-
-__all__ = [
-    "CMStochasticIterativeScheduler",
-    "CMStochasticIterativeSchedulerOutput",
-    "TCDScheduler",
-    "TCDSchedulerOutput",
-]

@@ -22,8 +22,6 @@ from ..config import ConfigMixin
 from ..io.hub import resolve_pretrained
 from .._validate import require_int
 
-__all__ = ["SchedulerMixin", "SchedulerOutput", "require_int"]
-
 S = TypeVar("S", bound="SchedulerMixin")
 
 
@@ -66,7 +64,6 @@ class SchedulerMixin(ConfigMixin):
     _step_index: int | None
     _begin_index: int | None
 
-    # ----------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(
         cls: type[S], pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None, **overrides: Any
@@ -84,7 +81,6 @@ class SchedulerMixin(ConfigMixin):
             raise NotADirectoryError(f"{save_directory} is a file; save_pretrained needs a directory")
         return self.save_config(save_directory)
 
-    # ----------------------------------------------------------------- step-index protocol
     @property
     def step_index(self) -> int | None:
         """Index into ``timesteps`` of the next ``step``; ``None`` until the first step (or scale) call."""
@@ -94,6 +90,12 @@ class SchedulerMixin(ConfigMixin):
     def begin_index(self) -> int | None:
         """Index of the first timestep, set by a pipeline through :meth:`set_begin_index` (e.g. for img2img)."""
         return self._begin_index
+
+    @staticmethod
+    def _check_one_schedule(num_inference_steps: int | None, timesteps: Any) -> None:
+        if (num_inference_steps is None) == (timesteps is None):
+            got = "neither" if timesteps is None else "both; use num_inference_steps=None with custom timesteps"
+            raise ValueError(f"pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got {got})")
 
     def set_begin_index(self, begin_index: int = 0) -> None:
         """Start stepping at ``timesteps[begin_index]`` instead of looking the first timestep up."""

@@ -70,7 +70,6 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         self._begin_index: int | None = None
         self._timesteps_set = False
 
-    # ----------------------------------------------------------------- the grid
     def _grid_sigmas(self, ramp: np.ndarray) -> np.ndarray:
         """float64 Karras sigmas at ``ramp`` positions (numpy, to match diffusers bit for bit)."""
         c = self.config
@@ -90,7 +89,6 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         """Consistency scalings ``(c_skip, c_out)`` with ``f(x, sigma_min) = x`` (CM appendix C)."""
         return karras.consistency_scalings(sigma, self.config.sigma_min, self.config.sigma_data)
 
-    # ----------------------------------------------------------------- schedule
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -104,13 +102,7 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         N = 40 is OpenAI's ``--ts 0,22,39``.
         """
         n_train = int(self.config.num_train_timesteps)
-        if num_inference_steps is None and timesteps is None:
-            raise ValueError("pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got neither)")
-        if num_inference_steps is not None and timesteps is not None:
-            raise ValueError(
-                "pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got both); "
-                "use num_inference_steps=None with custom timesteps"
-            )
+        self._check_one_schedule(num_inference_steps, timesteps)
         if timesteps is not None:
             schedule = np.array(check_custom_timesteps(timesteps, n_train), dtype=np.int64)
             self.custom_timesteps = True
@@ -131,7 +123,6 @@ class CMStochasticIterativeScheduler(SchedulerMixin):
         self._begin_index = None
         self._timesteps_set = True
 
-    # ----------------------------------------------------------------- sampling
     def scale_model_input(self, sample: Tensor, timestep: float | Tensor) -> Tensor:
         """The network input ``c_in(sigma) x``, computed as ``x / sqrt(sigma^2 + sigma_data^2)`` (EDM table 1)."""
         if self._step_index is None:

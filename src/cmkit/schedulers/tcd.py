@@ -119,7 +119,6 @@ class TCDScheduler(SchedulerMixin):
         """TCD feeds the sample unscaled; kept for the common scheduler interface."""
         return sample
 
-    # ----------------------------------------------------------------- schedule
     def _origin_timesteps(self, original_inference_steps: int | None, strength: float) -> np.ndarray:
         """The distillation schedule that inference timesteps are drawn from (TCD sec. 4.3, skipping step k)."""
         n_train = int(self.config.num_train_timesteps)
@@ -145,10 +144,7 @@ class TCDScheduler(SchedulerMixin):
     ) -> None:
         """Choose ``num_inference_steps`` evenly spaced timesteps of the distillation schedule, or custom ones."""
         n_train = int(self.config.num_train_timesteps)
-        if num_inference_steps is None and timesteps is None:
-            raise ValueError("pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got neither)")
-        if num_inference_steps is not None and timesteps is not None:
-            raise ValueError("pass exactly one of `num_inference_steps` or `timesteps` to set_timesteps (got both)")
+        self._check_one_schedule(num_inference_steps, timesteps)
         if not 0 < strength <= 1:
             raise ValueError(f"strength must lie in (0, 1], got {strength}")
         if original_inference_steps is not None:
@@ -158,7 +154,7 @@ class TCDScheduler(SchedulerMixin):
 
         if timesteps is not None:
             values = check_custom_timesteps(timesteps, n_train)
-            self._warn_on_unusual_schedule(values, origin, original_inference_steps, strength)
+            self._warn_on_unusual_schedule(values, origin, original, strength)
             schedule = np.array(values, dtype=np.int64)
             self.custom_timesteps = True
             keep = min(int(len(schedule) * strength), len(schedule))  # img2img: skip the noisiest steps
@@ -168,9 +164,7 @@ class TCDScheduler(SchedulerMixin):
                     f"strength={strength} keeps none of the {len(values)} custom timesteps; raise strength"
                 )
         else:
-            n = require_int("num_inference_steps", num_inference_steps, 1)
-            if n > n_train:
-                raise ValueError(f"num_inference_steps={n} cannot exceed num_train_timesteps={n_train}")
+            n = require_int("num_inference_steps", num_inference_steps, 1, " (num_train_timesteps)", maximum=n_train)
             if n > original:
                 raise ValueError(
                     f"num_inference_steps={n} cannot exceed original_inference_steps={original}: the schedule is a "
@@ -189,9 +183,7 @@ class TCDScheduler(SchedulerMixin):
         self._step_index = None
         self._begin_index = None
 
-    def _warn_on_unusual_schedule(
-        self, values: list[int], origin: np.ndarray, original_inference_steps: int | None, strength: float
-    ) -> None:
+    def _warn_on_unusual_schedule(self, values: list[int], origin: np.ndarray, limit: int, strength: float) -> None:
         """Warn (as diffusers does) about custom timesteps the distilled model was not trained on."""
         n_train = int(self.config.num_train_timesteps)
         if strength == 1.0 and values[0] != n_train - 1:
@@ -204,7 +196,6 @@ class TCDScheduler(SchedulerMixin):
             warnings.warn(
                 f"custom timesteps {off} are not on the distillation schedule; results may degrade", stacklevel=3
             )
-        limit = original_inference_steps or self.config.original_inference_steps
         if len(values) > limit:
             warnings.warn(
                 f"{len(values)} custom timesteps exceed the {limit}-step distillation schedule; results may degrade",
@@ -218,7 +209,6 @@ class TCDScheduler(SchedulerMixin):
             return torch.tensor(-1) if index == self.timesteps.shape[0] - 1 else self.timesteps[index + 1]
         return timestep - 1
 
-    # ----------------------------------------------------------------- sampling
     def _clip_x0(self, x0: Tensor) -> Tensor:
         """Apply ``thresholding`` or ``clip_sample`` to the predicted x0 (no-ops with the default config)."""
         c = self.config
@@ -281,7 +271,6 @@ class TCDScheduler(SchedulerMixin):
             return (prev_sample, pred_noised_sample)
         return TCDSchedulerOutput(prev_sample=prev_sample, pred_noised_sample=pred_noised_sample)
 
-    # ----------------------------------------------------------------- forward process
     def _sqrt_alpha_terms(self, timesteps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """``sqrt(alpha_bar_t)`` and ``sqrt(1 - alpha_bar_t)`` in ``like``'s dtype, broadcastable against it."""
         self.alphas_cumprod = self.alphas_cumprod.to(device=like.device)

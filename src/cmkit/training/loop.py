@@ -77,10 +77,6 @@ def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.opt
     return cls(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
 
 
-def _autocast_dtype(precision: str) -> Optional[torch.dtype]:
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 class Trainer:
     """Runs ``objective`` on ``data`` as described by ``config`` (built by :func:`train`, or by hand in tests)."""
 
@@ -101,14 +97,13 @@ class Trainer:
         if not self.params:
             raise ValueError("the objective's model has no trainable parameters")
         self.optimizer = make_optimizer(config, self.params)
-        self.autocast_dtype = _autocast_dtype(config.precision)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
         self.scaler = torch.amp.GradScaler(self.ctx.device.type) if config.precision == "fp16" else None
         self.ema = EMA(self.model, config.ema_rates, config.ema_warmup) if self.ctx.is_main else None
         self.losses: list[float] = []
         self.start_step = 0
         self.last_checkpoint: Optional[Path] = None
 
-    # ----- checkpoints ----------------------------------------------------------------------------------------
     def save(self, step: int) -> Path:
         """Checkpoint after ``step`` optimizer steps (main process writes; every process waits)."""
         path = ckpt.checkpoint_dir(self.output_dir, step)
@@ -149,7 +144,6 @@ class Trainer:
         self.last_checkpoint = saved.path
         return True
 
-    # ----- one step -------------------------------------------------------------------------------------------
     def step(self, step: int) -> tuple[float, float, dict[str, float]]:
         """One optimizer step; returns the loss (mean over processes), the gradient norm and the metrics."""
         cfg, ctx, device = self.config, self.ctx, self.ctx.device
@@ -190,7 +184,6 @@ class Trainer:
             self.ema.update(self.model, step)
         return loss_mean, grad_norm, out.metrics
 
-    # ----- the run --------------------------------------------------------------------------------------------
     def run(self) -> Path:
         """Train from ``start_step`` to ``config.steps``; export and return the output directory.
 
@@ -266,7 +259,6 @@ class Trainer:
             f"warm-up, or bf16/fp32 instead of fp16. {where}."
         )
 
-    # ----- evaluation and export ------------------------------------------------------------------------------
     def eval_model(self) -> nn.Module:
         """The network that gets exported: the chosen EMA (or the online weights), in eval mode."""
         rate = self.config.exported_ema_rate

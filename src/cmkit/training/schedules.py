@@ -21,25 +21,13 @@ import math
 import torch
 from torch import Tensor
 
+from .._validate import require_int, require_positive
 from ..karras import RHO, SIGMA_MAX, SIGMA_MIN, karras_sigmas
-
-__all__ = [
-    "ct_num_scales",
-    "ct_target_ema",
-    "ict_num_scales",
-    "ict_stage_length",
-    "lognormal_pair_probs",
-    "ect_r",
-    "ect_stage",
-    "training_grid",
-]
 
 
 def _check_progress(k: int, total_steps: int) -> None:
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if k < 0:
-        raise ValueError(f"the step k must be >= 0, got {k}")
+    require_int("total_steps", total_steps, 1)
+    require_int("the step k", k, 0)
 
 
 def ct_num_scales(k: int, total_steps: int, s0: int = 2, s1: int = 150) -> int:
@@ -62,8 +50,7 @@ def ict_stage_length(total_steps: int, s0: int = 10, s1: int = 1280) -> int:
     """iCT's ``K' = floor(K / (log2 floor(s1/s0) + 1))``: steps between doublings of ``N`` (at least 1)."""
     if s0 < 1 or s1 < s0:
         raise ValueError(f"need 1 <= s0 <= s1, got s0={s0}, s1={s1}")
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    require_int("total_steps", total_steps, 1)
     return max(1, int(total_steps // (math.floor(math.log2(s1 // s0)) + 1)))
 
 
@@ -94,8 +81,7 @@ def lognormal_pair_probs(sigmas: Tensor, p_mean: float = -1.1, p_std: float = 2.
         raise ValueError(f"need a 1-d grid of at least 2 sigmas, got shape {tuple(sigmas.shape)}")
     if not bool((sigmas[:-1] > sigmas[1:]).all()) or not bool((sigmas > 0).all()):
         raise ValueError("the grid must be positive and strictly descending (index 0 = sigma_max)")
-    if p_std <= 0:
-        raise ValueError(f"p_std must be > 0, got {p_std}")
+    require_positive("p_std", p_std)
     cdf = torch.erf((torch.log(sigmas) - p_mean) / (math.sqrt(2.0) * p_std))
     mass = cdf[:-1] - cdf[1:]
     total = mass.sum()
@@ -106,8 +92,7 @@ def lognormal_pair_probs(sigmas: Tensor, p_mean: float = -1.1, p_std: float = 2.
 
 def ect_r(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0) -> Tensor:
     """ECT's mapping ``r(t) = max(0, t (1 - q^-(stage+1) (1 + k sigmoid(-b t))))`` (Geng et al. 2024, sec. 3)."""
-    if stage < 0:
-        raise ValueError(f"stage must be >= 0, got {stage}")
+    require_int("stage", stage, 0)
     if q <= 1.0:
         raise ValueError(f"q must be > 1 so that r(t) -> t as the stage grows, got {q}")
     decay = q ** -(stage + 1)
@@ -117,8 +102,6 @@ def ect_r(t: Tensor, stage: int, q: float = 2.0, k: float = 8.0, b: float = 1.0)
 
 def ect_stage(step: int, steps_per_stage: int) -> int:
     """ECT's stage at ``step``: it doubles the tightness of ``r(t)`` every ``steps_per_stage`` steps."""
-    if steps_per_stage < 1:
-        raise ValueError(f"steps_per_stage must be >= 1, got {steps_per_stage}")
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
+    require_int("steps_per_stage", steps_per_stage, 1)
+    require_int("step", step, 0)
     return step // steps_per_stage

@@ -57,13 +57,6 @@ Method = Literal[METHODS]  # type: ignore[valid-type]
 #: methods that need a teacher (a trained EDM denoiser) and start from its weights.
 TEACHER_METHODS: tuple[str, ...] = tuple(m for m, spec in METHOD_SPECS.items() if spec.needs_teacher)
 
-__all__ = [
-    "Method", "METHODS", "METHOD_SPECS", "MethodSpec", "TEACHER_METHODS", "Objective", "BaseObjective",
-    "TargetObjective", "ObjectiveOutput", "build_objective", "method_spec",
-    "EDMObjective", "EDMOptions", "CDObjective", "CDOptions", "CTObjective", "CTOptions",
-    "ICTObjective", "ICTOptions", "ECTObjective", "ECTOptions",
-]
-
 
 def method_spec(method: str) -> MethodSpec:
     """The registry entry of ``method``, with an error listing the methods."""
