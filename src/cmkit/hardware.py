@@ -28,22 +28,11 @@ from typing import Optional, Union
 
 import torch
 
-#: oneDNN's CPU ISA levels, lowest first (the names ``ONEDNN_MAX_CPU_ISA`` accepts; aliases share a rank).
-ONEDNN_ISA_ORDER: tuple[tuple[str, ...], ...] = (
-    ("SSE41",),
-    ("AVX",),
-    ("AVX2",),
-    ("AVX2_VNNI",),
-    ("AVX2_VNNI_2",),
-    ("AVX512_CORE",),
-    ("AVX512_CORE_VNNI",),
-    ("AVX512_CORE_BF16",),
-    ("AVX512_CORE_FP16", "AVX10_1_512"),
-    ("AVX512_CORE_AMX", "AVX10_1_512_AMX"),
-    ("AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX_FP16"),
-    ("AVX10_2_512",),
-    ("AVX10_2_512_AMX_2",),
-    ("ALL", "DEFAULT"),
+#: oneDNN's CPU ISA levels, lowest first (the names ``ONEDNN_MAX_CPU_ISA`` accepts; aliases of a rank joined by |).
+ONEDNN_ISA_ORDER: tuple[str, ...] = (
+    "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16",
+    "AVX512_CORE_FP16|AVX10_1_512", "AVX512_CORE_AMX|AVX10_1_512_AMX", "AVX512_CORE_AMX_FP16|AVX10_1_512_AMX_FP16",
+    "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL|DEFAULT",
 )
 #: the lowest oneDNN ISA whose bfloat16 matrix units beat float32 (AMX tiles)
 NATIVE_BF16_ISA = "AVX512_CORE_AMX"
@@ -55,17 +44,14 @@ def onednn_isa_rank(name: str) -> Optional[int]:
     """The rank of a oneDNN ISA name in :data:`ONEDNN_ISA_ORDER` (case-insensitive), or None if unknown."""
     upper = name.strip().upper()
     for rank, names in enumerate(ONEDNN_ISA_ORDER):
-        if upper in names:
+        if upper in names.split("|"):
             return rank
     return None
 
 
 def _onednn_isa_cap() -> Optional[str]:
-    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
-        value = os.environ.get(var, "").strip()
-        if value:
-            return value.upper()
-    return None
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip() or os.environ.get("DNNL_MAX_CPU_ISA", "").strip()
+    return value.upper() or None
 
 
 def _cpu_model_name() -> str:

@@ -236,10 +236,9 @@ class ConsistencyModelPipeline:
 
     def _warn_slow_dtype(self, dtype: torch.dtype, device: torch.device) -> None:
         if dtype == torch.float16 and device.type == "cpu" and not self._silence_dtype_warnings:
-            fastest = str(fastest_dtype("cpu")).removeprefix("torch.")
             warnings.warn(
                 "sampling in float16 on a CPU is very slow (about 1000x slower than float32 matrix products); "
-                f"use torch.{fastest} on this CPU (cmkit.hardware.fastest_dtype(): bfloat16 pays off only with AMX, "
+                f"use {fastest_dtype('cpu')} on this CPU (cmkit.hardware.fastest_dtype(): bfloat16 pays off only with AMX, "
                 "float32 elsewhere), or float16 on a GPU",
                 UserWarning,
                 stacklevel=3,
