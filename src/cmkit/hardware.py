@@ -38,6 +38,19 @@ ONEDNN_ISA_ORDER: tuple[str, ...] = (
 NATIVE_BF16_ISA = "AVX512_CORE_AMX"
 
 DeviceLike = Union[str, torch.device]
+DTypeLike = Union[torch.dtype, str, None]
+
+_DTYPE_NAMES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
 
 
 def onednn_isa_rank(name: str) -> Optional[int]:
@@ -141,13 +154,25 @@ def fastest_dtype(device: DeviceLike = "cpu") -> torch.dtype:
     return torch.float32
 
 
+def parse_dtype(value: DTypeLike, name: str = "dtype") -> Optional[torch.dtype]:
+    """A ``torch.dtype`` from a dtype, a name like ``"bfloat16"`` / ``"torch.float16"``, or ``None``."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        key = value.lower().removeprefix("torch.")
+        if key in _DTYPE_NAMES:
+            return _DTYPE_NAMES[key]
+    raise ValueError(f"{name}={value!r} is not a floating dtype; use a torch.dtype or one of {sorted(_DTYPE_NAMES)}")
+
+
 def resolve_dtype(name: Union[str, torch.dtype], device: DeviceLike = "cpu") -> torch.dtype:
-    """A floating dtype from its name (``"bfloat16"``, ``"float32"``, ...); ``"auto"`` is :func:`fastest_dtype`."""
-    if isinstance(name, torch.dtype):
-        return name
+    """:func:`parse_dtype` of ``name``, where ``"auto"`` is :func:`fastest_dtype` for ``device``."""
     if name == "auto":
         return fastest_dtype(device)
-    dtype = getattr(torch, str(name), None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    try:
+        dtype = parse_dtype(name)
+    except ValueError:
+        dtype = None
+    if dtype is None:
         raise ValueError(f"dtype must be 'auto' or a floating torch dtype name such as 'float32' or 'bfloat16', got {name!r}")
     return dtype

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ._validate import is_int
 from .devices import parse_device
-from .models.modeling import parse_dtype
+from .hardware import parse_dtype
 from .pipeline_types import ClassLabels
 from .postprocess import check_output_type
 from .rng import GeneratorArg, check_generator, randint

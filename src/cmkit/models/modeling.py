@@ -15,37 +15,12 @@ from typing import Mapping, Optional, TypeVar, Union
 import torch
 from torch import Tensor, nn
 
+from ..hardware import DTypeLike, parse_dtype
 from ..io.atomic import atomic_path
 from ..io.hub import resolve_pretrained
 from ..io.weights import WEIGHTS_NAMES, find_weights_file, load_state_dict, save_state_dict
 
 M = TypeVar("M", bound="PretrainedMixin")
-DTypeLike = Union[torch.dtype, str, None]
-
-_DTYPE_NAMES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-}
-
-
-def parse_dtype(value: DTypeLike, name: str = "dtype") -> Optional[torch.dtype]:
-    """A ``torch.dtype`` from a dtype, a name like ``"bfloat16"`` / ``"torch.float16"``, or ``None``."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
-    if isinstance(value, str):
-        key = value.lower().removeprefix("torch.")
-        if key in _DTYPE_NAMES:
-            return _DTYPE_NAMES[key]
-    raise ValueError(f"{name}={value!r} is not a floating dtype; use a torch.dtype or one of {sorted(_DTYPE_NAMES)}")
-
-
 def resolve_dtype_args(torch_dtype: DTypeLike, dtype: DTypeLike) -> Optional[torch.dtype]:
     """Merge diffusers' ``torch_dtype`` and newer ``dtype`` spellings; both given and different is an error."""
     a, b = parse_dtype(torch_dtype, "torch_dtype"), parse_dtype(dtype, "dtype")
