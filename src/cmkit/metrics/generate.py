@@ -7,13 +7,13 @@ seeded generator, so the same call always gives the same samples.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from ..models.denoiser import Denoiser
-from ..rng import randn
+from ..rng import GeneratorArg, randn
 from ..sampling import sample_from_noise
 
 
@@ -29,12 +29,71 @@ def require_samples_fit(pipe, num_samples: int, batch_size: int) -> None:
     pipe.require_batch_fits(min(batch_size, num_samples), pipe.sample_shape)
 
 
+def sampler_configs(
+    pipe, steps: Sequence[int], timesteps: Optional[Sequence[int]] = None, heun_steps: Optional[int] = None
+) -> list[tuple[str, int, dict[str, Any]]]:
+    """``(name, NFE, sample_batch options)`` of each sampler to evaluate: EDM Heun when ``heun_steps`` is given
+    (a teacher), else consistency sampling at each of ``steps`` (2 steps name the pipeline's tuned default
+    timesteps) and at the explicit ``timesteps``."""
+    if heun_steps is not None:
+        return [(f"EDM Heun {heun_steps} steps", 2 * heun_steps - 1, {"heun_steps": heun_steps})]
+    configs: list[tuple[str, int, dict[str, Any]]] = []
+    for n in steps:
+        default = pipe.default_timesteps.get(str(n))
+        name = f"{n} step{'s' if n > 1 else ''}" + (f" {default}" if default else "")
+        configs.append((name, n, {"num_inference_steps": n}))
+    if timesteps:
+        configs.append((f"timesteps {list(timesteps)}", len(timesteps), {"timesteps": list(timesteps)}))
+    return configs
+
+
 def _batches(num_samples: int, batch_size: int, labels: Optional[Tensor]):
     if labels is not None and len(labels) != num_samples:
         raise ValueError(f"got {len(labels)} class labels for {num_samples} samples; pass one per sample")
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
         yield n, (None if labels is None else labels[start : start + n])
+
+
+@torch.no_grad()
+def sample_batch(
+    pipe,
+    batch_size: int,
+    generator: GeneratorArg,
+    *,
+    class_labels: Optional[Tensor] = None,
+    num_inference_steps: Optional[int] = 1,
+    timesteps: Optional[Sequence[int]] = None,
+    heun_steps: Optional[int] = None,
+) -> Tensor:
+    """One batch of samples in model space (images in [-1, 1]): consistency sampling, or with ``heun_steps`` the
+    EDM Heun sampler of a pipeline whose network is an EDM denoiser (``2 * heun_steps - 1`` NFE).
+
+    ``generator`` may be one ``torch.Generator`` or one per sample (then sample ``i`` depends on ``generator[i]``
+    alone). Missing class labels of a class-conditional model are drawn from it after the noise, as the pipeline
+    draws them.
+    """
+    if heun_steps is None:
+        out = pipe(
+            batch_size=batch_size,
+            class_labels=class_labels,
+            num_inference_steps=None if timesteps is not None else num_inference_steps,
+            timesteps=None if timesteps is None else list(timesteps),
+            generator=generator,
+            output_type="pt",
+        )
+        images = out.images.float()  # images in [0, 1] to model space; other samples are there already
+        return images * 2 - 1 if images.ndim == 4 else images
+    config = pipe.scheduler.config
+    sigma_min, sigma_max = float(config.sigma_min), float(config.sigma_max)
+    denoiser = Denoiser(pipe.unet, "edm", sigma_min=sigma_min, sigma_data=float(config.sigma_data))
+    noise = randn((batch_size, *pipe.sample_shape), generator=generator, device=pipe.device, dtype=pipe.dtype)
+    labels = pipe.prepare_class_labels(batch_size, pipe.device, class_labels, generator)
+    sample = sample_from_noise(
+        denoiser, noise, parameterization="edm", class_labels=labels, heun_steps=heun_steps, sigma_min=sigma_min,
+        sigma_max=sigma_max, rho=float(config.rho), clip_denoised=noise.ndim == 4,
+    )
+    return sample.float()
 
 
 @torch.no_grad()
@@ -51,18 +110,11 @@ def generate_samples(
     """``num_samples`` consistency samples from ``pipe`` (model space), from ``seed``, in batches."""
     require_samples_fit(pipe, num_samples, batch_size)
     generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for n, labels in _batches(num_samples, batch_size, class_labels):
-        out = pipe(
-            batch_size=n,
-            class_labels=labels,
-            num_inference_steps=None if timesteps is not None else num_inference_steps,
-            timesteps=None if timesteps is None else list(timesteps),
-            generator=generator,
-            output_type="pt",
-        )
-        images = out.images.float()  # images in [0, 1] to model space; other samples are there already
-        parts.append(images * 2 - 1 if images.ndim == 4 else images)
+    parts = [
+        sample_batch(pipe, n, generator, class_labels=labels, num_inference_steps=num_inference_steps,
+                     timesteps=timesteps)
+        for n, labels in _batches(num_samples, batch_size, class_labels)
+    ]
     return torch.cat(parts)
 
 
@@ -78,17 +130,9 @@ def generate_heun_samples(
 ) -> Tensor:
     """Samples of a pipeline whose network is an EDM denoiser, by the EDM Heun sampler (``2 * heun_steps - 1`` NFE)."""
     require_samples_fit(pipe, num_samples, batch_size)
-    config = pipe.scheduler.config
-    sigma_min, sigma_max = float(config.sigma_min), float(config.sigma_max)
-    denoiser = Denoiser(pipe.unet, "edm", sigma_min=sigma_min, sigma_data=float(config.sigma_data))
     generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for n, labels in _batches(num_samples, batch_size, class_labels):
-        noise = randn((n, *pipe.sample_shape), generator=generator, device=pipe.device, dtype=pipe.dtype)
-        labels = None if labels is None else labels.to(pipe.device)
-        sample = sample_from_noise(
-            denoiser, noise, parameterization="edm", class_labels=labels, heun_steps=heun_steps, sigma_min=sigma_min,
-            sigma_max=sigma_max, rho=float(config.rho), clip_denoised=noise.ndim == 4,
-        )
-        parts.append(sample.float())
+    parts = [
+        sample_batch(pipe, n, generator, class_labels=labels, heun_steps=heun_steps)
+        for n, labels in _batches(num_samples, batch_size, class_labels)
+    ]
     return torch.cat(parts)
