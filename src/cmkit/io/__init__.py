@@ -1,1 +1,2 @@
-"""Files in and out, below everything else: atomic writes, safe weight files, hub ids and image decoding."""
+"""Files in and out, below everything else: atomic writes, safe weight files, hub ids, image decoding and
+streamed ``.npz`` reads."""
