@@ -71,3 +71,26 @@ class HookedObjective:
 
     def load_state_dict(self, state):
         self.inner.load_state_dict(state)
+
+
+def fake_feature_extractor(weights_path, device):
+    """A stand-in for the FID Inception (registered by tests as ``"fake"``): uint8 RGB images are average-pooled
+    to 4x4 and sent through a fixed random 48 -> 16 projection and tanh, in float64 (so batch sizes do not change
+    the features beyond rounding). It refuses anything but uint8 RGB."""
+    projection = torch.randn(48, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(device)
+
+    def extract(images):
+        assert images.dtype == torch.uint8 and images.shape[1] == 3, (images.dtype, images.shape)
+        pooled = torch.nn.functional.adaptive_avg_pool2d(images.double() / 255, 4).flatten(1)
+        return torch.tanh(pooled @ projection)
+
+    return extract
+
+
+@pytest.fixture
+def fake_extractor(monkeypatch):
+    """Registers :func:`fake_feature_extractor` as ``"fake"`` for one test (import the fixture by name)."""
+    from cmkit.metrics import fid
+
+    monkeypatch.setitem(fid.FEATURE_EXTRACTORS, "fake", fake_feature_extractor)
+    return "fake"

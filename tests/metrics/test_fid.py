@@ -65,3 +65,34 @@ def test_fid_end_to_end_with_random_inception_weights(tmp_path, monkeypatch):
     features = fid_module.inception_features(images, weights, batch_size=2)
     assert features.shape == (3, 2048) and features.dtype == torch.float64
     assert fid_module.fid(images, images, weights) == pytest.approx(0.0, abs=1e-9)
+    wrong = save_state_dict({"fc.weight": torch.zeros(3, 3)}, tmp_path / "wrong.safetensors")
+    with pytest.raises(ValueError, match="releases/download"):
+        fid_module.load_inception(str(wrong))
+
+
+def test_offline_errors_say_what_to_download_and_where_to_put_it(monkeypatch, tmp_path):
+    monkeypatch.delenv(fid_module.WEIGHTS_ENV, raising=False)
+    with pytest.raises(fid_module.InceptionWeightsError) as missing:
+        fid_module.load_feature_extractor()
+    message = str(missing.value)
+    for part in (fid_module.WEIGHTS_FILE_NAME, fid_module.WEIGHTS_URL, "--inception-weights", fid_module.WEIGHTS_ENV):
+        assert part in message
+    with pytest.raises(fid_module.InceptionWeightsError, match=r"not found.*releases/download"):
+        fid_module.load_feature_extractor(weights_path=tmp_path / "nope.pth")
+
+
+def test_feature_extractor_registry(monkeypatch):
+    from builders import fake_feature_extractor
+
+    monkeypatch.setitem(fid_module.FEATURE_EXTRACTORS, "fake", fake_feature_extractor)
+    with pytest.raises(ValueError, match="registered already"):
+        fid_module.register_feature_extractor("fake", fake_feature_extractor)
+    with pytest.raises(ValueError, match="'inception-v3', 'fake'"):
+        fid_module.load_feature_extractor("nope")
+    extractor = fid_module.load_feature_extractor("fake")
+    features = fid_module.extract_features(extractor, torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "cpu")
+    assert features.shape == (2, 16) and features.dtype == torch.float64
+    with pytest.raises(ValueError, match="uint8"):
+        fid_module.extract_features(extractor, torch.zeros(2, 3, 8, 8), "cpu")
+    with pytest.raises(ValueError, match=r"\[B, D\]"):
+        fid_module.extract_features(lambda x: x.float(), torch.zeros(2, 3, 8, 8, dtype=torch.uint8), "cpu")
