@@ -1,4 +1,5 @@
-"""``cmkit eval``: FD-digits (with floor and class accuracy) or toy SWD of a pipeline, as a small table."""
+"""``cmkit eval``: FD-digits (with floor and class accuracy) or toy SWD of a pipeline, as a small table; with
+``--fid``, FID as the papers measure it (:mod:`cmkit.cli.eval_fid`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,17 @@ EPILOG = """examples:
   cmkit eval --model runs/cd/pipeline --timesteps 17 0 --draws 5
   cmkit eval --model runs/edm/pipeline            # an EDM teacher: Heun with 18 steps (35 NFE)
   cmkit eval --model runs/toy/pipeline --toy moons --json toy.json
+  cmkit eval --model runs/cifar/pipeline --fid --fid-ref cifar10-32x32.npz --device cuda --json fid.json
+                                                  # FID; weights: --inception-weights or CMKIT_INCEPTION_WEIGHTS
 
 Digits: FD-digits between draws of 360 samples (36 per class) and the 360 held-out images, mean +- std over
 --draws; the floor is class-balanced draws of 360 training images against the same held-out set; accuracy
 is how often the classifier sees the requested class. Toys: SWD of --num-samples points against a fixed
 reference set of as many, with its floor (fresh data against that reference).
+
+FID (--fid): per run --num-samples (default 50,000) samples, one seed each (--seed, --seed + 1, ...), quantised to
+uint8 like their PNGs, 2048-d Inception features against the --fid-ref statistics; --fid-runs (default 3) runs on
+disjoint seed ranges, and the minimum is the number papers report (see docs/metrics.md).
 """
 
 
@@ -25,9 +32,10 @@ def register(subparsers: Any) -> None:
     """Add the ``eval`` subcommand."""
     p = add_command(
         subparsers, "eval",
-        help="measure FD-digits / SWD of a pipeline against its floor",
+        help="measure FD-digits / SWD of a pipeline against its floor, or FID (--fid)",
         description="Evaluate a consistency-model pipeline (or an EDM teacher) on digits (FD-digits, floor, "
-        "class accuracy) or on a 2-D toy (SWD and floor), and print a table.",
+        "class accuracy), on a 2-D toy (SWD and floor), or on images by FID as the papers measure it (--fid), and "
+        "print a table.",
         epilog=EPILOG,
     )
     add_model_argument(p)
@@ -41,12 +49,35 @@ def register(subparsers: Any) -> None:
                    help="evaluate a 2-D toy model by SWD against this data: 8gaussians, moons or swissroll")
     p.add_argument("--draws", type=int, default=5, help="independent draws to average (default 5)")
     p.add_argument("--num-samples", type=int, default=None,
-                   help="samples per draw (default 360 for digits, 10000 for toys)")
+                   help="samples per draw (default 360 for digits, 10000 for toys; with --fid per run, default 50000)")
     add_seed_argument(p, "random seed of the samples")
     add_batch_size_argument(p, 1000)
     add_device_argument(p)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    add_fid_arguments(p)
     p.set_defaults(func=run)
+
+
+def add_fid_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``--fid`` flags: reference, runs, labels, feature network and its weights, saved images."""
+    g = p.add_argument_group("FID as the papers measure it")
+    g.add_argument("--fid", action="store_true",
+                   help="measure FID by the EDM protocol (50k samples per run, min of 3 runs) instead of FD-digits/SWD")
+    g.add_argument("--fid-ref", default=None, metavar="SOURCE",
+                   help="reference: statistics (.npz with mu and sigma, e.g. EDM's fid-refs/cifar10-32x32.npz, or a "
+                   "torch-fidelity .pt), or a dataset (a folder of images, or an .npz of uint8 images)")
+    g.add_argument("--fid-ref-out", default=None, metavar="PATH.npz",
+                   help="save the statistics computed from a --fid-ref dataset here, for reuse")
+    g.add_argument("--fid-runs", type=int, default=3, help="runs on disjoint seed ranges; the minimum is reported (default 3)")
+    g.add_argument("--fid-labels", choices=("random", "balanced"), default="random",
+                   help="class labels: drawn per seed, as EDM does (random, default), or seed mod classes (balanced)")
+    g.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="local weights-inception-2015-12-05-6726825d.pth (or set CMKIT_INCEPTION_WEIGHTS)")
+    g.add_argument("--fid-extractor", default="inception-v3", metavar="NAME",
+                   help="feature network registered in cmkit.metrics.fid (default inception-v3; others are not FID)")
+    g.add_argument("--feature-batch-size", type=int, default=64, help="images per feature-network call (default 64)")
+    g.add_argument("--save-images", default=None, metavar="DIR",
+                   help="also save every sample as a PNG, DIR/<sampler>/<seed // 1000 * 1000>/<seed>.png")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,17 +89,21 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.atomic import atomic_write_text
     from ..metrics.fd_digits import balanced_class_labels, evaluate_digits
-    from ..metrics.generate import generate_heun_samples, generate_samples, require_samples_fit
+    from ..metrics.generate import generate_heun_samples, generate_samples, require_samples_fit, sampler_configs
     from ..pipeline_io import read_parameterization
     from ..metrics.swd import toy_swd, toy_swd_floor
     from ..pipeline import ConsistencyModelPipeline
     from .options import parse_device_flag
     from .sample import resolve_model
 
-    if args.draws < 1:
-        raise ValueError(f"--draws must be >= 1, got {args.draws}")
     if any(s < 1 for s in args.steps):
         raise ValueError(f"--steps must be positive, got {args.steps}")
+    if args.fid:
+        from .eval_fid import run_fid
+
+        return run_fid(args)
+    if args.draws < 1:
+        raise ValueError(f"--draws must be >= 1, got {args.draws}")
     model_dir = resolve_model(args.model)
     device = parse_device_flag(args.device)
     pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=device)
@@ -91,16 +126,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"FD-digits needs a 10-class digits model, this one has {pipe.num_classes} classes")
         labels = balanced_class_labels(per_draw).repeat(args.draws)
 
-    configs: list[tuple[str, int, dict[str, Any]]] = []
-    if is_teacher:
-        configs.append((f"EDM Heun {args.heun_steps} steps", 2 * args.heun_steps - 1, {"heun_steps": args.heun_steps}))
-    else:
-        for steps in args.steps:
-            default = pipe.default_timesteps.get(str(steps))
-            name = f"{steps} step{'s' if steps > 1 else ''}" + (f" {default}" if default else "")
-            configs.append((name, steps, {"num_inference_steps": steps}))
-        if args.timesteps:
-            configs.append((f"timesteps {args.timesteps}", len(args.timesteps), {"timesteps": args.timesteps}))
+    configs = sampler_configs(pipe, args.steps, args.timesteps, args.heun_steps if is_teacher else None)
 
     rows: list[dict[str, Any]] = []
     floor_text = ""
