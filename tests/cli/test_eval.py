@@ -85,6 +85,7 @@ def test_eval_fid_on_the_bundled_digits_model(tmp_path, capsys, fake_extractor):
 def test_eval_fid_fails_fast_with_what_to_fix(tmp_path, capsys, monkeypatch):
     import sys
 
+    import numpy as np
     import torch
 
     from cmkit.cli import main
@@ -108,3 +109,8 @@ def test_eval_fid_fails_fast_with_what_to_fix(tmp_path, capsys, monkeypatch):
     assert "--fid-ref" in capsys.readouterr().err
     assert main(["eval", "--fid", "--fid-ref", str(ref), "--toy", "moons"]) == 1
     assert "drop --toy" in capsys.readouterr().err
+    assert main(["eval", "--fid", "--fid-ref", str(ref), "--num-samples", "0"]) == 1
+    assert "at least 2 samples per run" in capsys.readouterr().err
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(2), sigma=np.eye(2))
+    assert main(["eval", "--fid", "--fid-ref", str(tmp_path / "stats.npz"), "--fid-ref-out", str(tmp_path / "o.npz")]) == 1
+    assert "statistics file already" in capsys.readouterr().err

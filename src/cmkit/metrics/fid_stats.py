@@ -29,6 +29,7 @@ from ..io.atomic import atomic_path
 from ..io.npz import npz_headers
 from ..limits import require_memory
 from .fid import INCEPTION, FeatureExtractor, extract_features
+from .image_sets import open_image_set
 
 PathLike = Union[str, os.PathLike]
 #: torch-fidelity's statistics files are pickled dicts of NumPy arrays
@@ -173,8 +174,6 @@ def reference_stats(
 ) -> FidStats:
     """The reference statistics of ``source``: read from a statistics file, or computed from an image set (a folder,
     or an ``.npz`` of uint8 images) and then saved to ``save_to`` (an ``.npz``) when given."""
-    from .image_sets import open_image_set
-
     if is_stats_file(source):
         stats = load_stats(source)
     else:
