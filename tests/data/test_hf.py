@@ -104,7 +104,8 @@ def test_columns_found_by_name_and_named_explicitly(tmp_path):
 
 def test_no_image_or_label_column_names_the_columns(tmp_path):
     datasets.Dataset.from_dict({"pixels": [b"x"], "caption": ["a"]}).save_to_disk(tmp_path / "noimg")
-    with pytest.raises(ValueError, match=r"no image column .* its columns are pixels \(Value\), caption \(Value\).*image_column"):
+    listing = r"its columns are pixels \(Value\), caption \(Value\)"
+    with pytest.raises(ValueError, match=rf"no image column .* {listing}; name it with image_column"):
         HFImageRecords(tmp_path / "noimg")
     datasets.Dataset.from_dict({"image": [png(1)], "caption": ["a"]}).save_to_disk(tmp_path / "nolabel")
     assert HFImageRecords(tmp_path / "nolabel").class_names == []
@@ -139,7 +140,8 @@ def test_bad_records_raise_for_the_caller_to_count(tmp_path):
 
 def test_a_missing_path_is_never_downloaded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"(?s)hf:uoft-cs/cifar10 does not exist.*never downloads.*save_to_disk"):
+    hint = r"(?s)hf:uoft-cs/cifar10 does not exist.*never downloads.*save_to_disk\('cifar10'\)"
+    with pytest.raises(FileNotFoundError, match=hint):
         HFImageRecords("uoft-cs/cifar10")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither a save_to_disk folder .* nor a folder of .parquet"):

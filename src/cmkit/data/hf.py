@@ -176,7 +176,9 @@ def _is_integer(feature: Any) -> bool:
     return isinstance(feature, datasets.Value) and re.fullmatch(r"u?int(8|16|32|64)", feature.dtype) is not None
 
 
-def _label_column(features: Any, label_column: Optional[str], class_labels: Optional[bool], where: str) -> Optional[str]:
+def _label_column(
+    features: Any, label_column: Optional[str], class_labels: Optional[bool], where: str
+) -> Optional[str]:
     datasets = _datasets()
     if class_labels is False:
         return None
@@ -284,7 +286,7 @@ class HFImageRecords:
         return self._length
 
     def read(self, index: int) -> tuple[Image.Image, Optional[int]]:
-        """Record ``index``: its decoded image and class id (``None`` when unlabelled); a bad record raises ValueError."""
+        """Record ``index``: its decoded image and class id (``None`` if unlabelled); a bad record raises ValueError."""
         index = require_int("index", index, 0, allow_float=False)
         if index >= self._length:
             raise IndexError(f"record {index} is out of range: hf:{self.path} holds {self._length}")
@@ -298,7 +300,9 @@ class HFImageRecords:
         if label is None or label < 0:
             return image, None
         if label >= len(self.class_names):
-            raise ValueError(f"record {index} of hf:{self.path} has label {label}, beyond its {len(self.class_names)} classes")
+            raise ValueError(
+                f"record {index} of hf:{self.path} has label {label}, beyond its {len(self.class_names)} classes"
+            )
         return image, int(label)
 
     def _decode(self, value: Any, index: int) -> Image.Image:
