@@ -63,6 +63,8 @@ def test_parquet_file_folder_and_glob(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="not a .parquet file"):
         HFImageRecords(tmp_path / "notes.txt")
+    with pytest.raises(ValueError, match="names the files to read, so drop split"):
+        HFImageRecords(str(tmp_path / "pq" / "train-*.parquet"), split="train")
     with pytest.raises(FileNotFoundError, match="no files match"):
         HFImageRecords(str(tmp_path / "pq" / "test-*.parquet"))
 

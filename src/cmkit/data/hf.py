@@ -125,6 +125,8 @@ def _open_dataset(path: str, split: Optional[str], cache_dir: Optional[str]) -> 
         if local.suffix != ".parquet":
             raise ValueError(f"{local} is not a .parquet file; pass a save_to_disk folder or parquet files")
         parquet = [str(local)]
+    if parquet is not None and split is not None:
+        raise ValueError(f"split={split!r} picks files in a folder; hf:{path} names the files to read, so drop split")
     datasets = _datasets()
     if parquet is None and (local / "dataset_dict.json").exists():
         splits = json.loads((local / "dataset_dict.json").read_text()).get("splits", [])
