@@ -254,3 +254,26 @@ def test_resumed_run_equals_an_uninterrupted_one_with_the_same_snapshots(tmp_pat
         a, b = (safe_open(str(tmp_path / run / "phema" / name), framework="pt") for run in ("full", "crashed"))
         assert a.metadata() == b.metadata() and a.keys() == b.keys()
         assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys()), name
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+    pytest.param("mps", marks=pytest.mark.skipif(not torch.backends.mps.is_available(), reason="no MPS device")),
+])
+def test_the_tracker_stays_on_the_models_device_and_snapshots_to_files(device, tmp_path):
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(3, 2)
+    model = torch.nn.Linear(3, 2).to(device)
+    model.load_state_dict(reference.state_dict())
+    trackers = [PowerEMA(m, [0.05, 0.1]) for m in (reference, model)]
+    for step in range(5):
+        for m, tracker in zip((reference, model), trackers):
+            with torch.no_grad():
+                m.weight.mul_(0.9).add_(0.1 * (step + 1))
+            tracker.update(m, step)
+    assert all(v.device.type == device for avg in trackers[1].averages.values() for v in avg.values())
+    assert trackers[1].copy_model(model, 0.1).weight.device.type == device
+    write_snapshots(trackers[1], tmp_path, 5, batch_size=2)
+    saved = load_state_dict(snapshot_path(tmp_path, 5, 0.1))
+    assert all(torch.allclose(saved[k], v, atol=1e-6) for k, v in trackers[0].averages[0.1].items())

@@ -38,6 +38,7 @@ product in closed form (Eq. 151, Algorithm 3), and ``x`` scaled to sum to one (t
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -61,7 +62,7 @@ def gamma_to_sigma_rel(gamma: float) -> float:
 
 def check_sigma_rel(name: str, value: Any) -> float:
     """``value`` as a float, or a ValueError naming ``name`` when it is not in ``(0, 1/sqrt(12))``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not 0.0 < value < MAX_SIGMA_REL:
         raise ValueError(
             f"{name} must be a relative standard deviation sigma_rel in (0, {MAX_SIGMA_REL:.4f}) (a power-function "
