@@ -96,7 +96,7 @@ def _add_field_argument(p: argparse.ArgumentParser, f: dataclasses.Field, hint: 
         kwargs.update(action="append", metavar="KEY=VALUE")
     elif origin is tuple:
         kwargs.update(nargs="+", type=typing.get_args(inner)[0])
-        shown = " ".join(map(str, default))
+        shown = " ".join(map(str, default)) or None  # an empty tuple shows no default
     elif origin is Literal:
         kwargs["choices"] = typing.get_args(inner)
         kwargs["type"] = type(kwargs["choices"][0])

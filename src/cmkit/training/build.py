@@ -96,7 +96,7 @@ def build_model(config: TrainConfig, data: DataSource, teacher: Optional[Denoise
 def require_training_fits(config: TrainConfig, data: DataSource, net: nn.Module) -> None:
     """Refuse a run whose weights, optimizer state and one batch's activations cannot fit the training device.
 
-    A lower bound: float32 weights, gradients, two Adam moments and one copy per EMA rate, plus this process's
+    A lower bound: float32 weights, gradients, two Adam moments and one copy per EMA (rate or std), plus this process's
     share of the batch times the activations the network keeps per sample (``activation_floats``, else twice
     the sample) for the backward pass.
     """
@@ -104,7 +104,7 @@ def require_training_fits(config: TrainConfig, data: DataSource, net: nn.Module)
     from .distributed import resolve_device
 
     params = sum(p.numel() for p in net.parameters())
-    copies = 4 + len(config.ema_rates)
+    copies = 4 + len(config.ema_rates) + len(config.ema_stds)
     activation_floats = getattr(net, "activation_floats", None)
     sample_floats = math.prod(data.sample_shape)
     per_sample = int(activation_floats(tuple(data.sample_shape))) if callable(activation_floats) else 2 * sample_floats

@@ -16,10 +16,11 @@ from typing import Any, Literal, Optional, Union
 
 from ..data import DataKind
 from ..data.folder import ResizeMode
-from .._validate import check_choice, is_int, require_positive
+from .._validate import check_choice, is_int, require_int, require_positive
 from ..fields import documented
 from ..io.atomic import atomic_write_text
 from .objectives import TEACHER_METHODS, Method
+from .power_ema import check_sigma_rel
 
 Precision = Literal["fp32", "bf16", "fp16"]
 OptimizerName = Literal["radam", "adam"]
@@ -94,6 +95,14 @@ class TrainConfig:
     ema_warmup: bool = documented(True, "the EMA warm-up: each decay ramps as min(rate, (1 + k) / (10 + k)) at step k")
     export: ExportWeights = documented("ema", "which weights the pipeline gets")
     export_ema_rate: Optional[float] = documented(None, "which EMA to export (one of --ema-rates; None: the first)")
+    ema_stds: tuple[float, ...] = documented(
+        (), "sigma_rel of each EDM2 power-function EMA, e.g. 0.05 0.10 (exported instead of --ema-rates: see "
+        "--export-ema-std)", flag="--ema-std", metavar="STD")
+    ema_snapshot_every: int = documented(
+        0, "save the power EMAs to OUTPUT/phema/ every N steps and at the end, for `cmkit ema reconstruct` (0: never)",
+        metavar="N")
+    export_ema_std: Optional[float] = documented(
+        None, "which power EMA to export (one of --ema-std; None: the first, unless --export-ema-rate is given)")
     scheduler_timesteps: Optional[int] = documented(
         None, "N of the exported scheduler's Karras grid (None: the run's final N for CD / CT / iCT, else 40)")
     tau: Optional[float] = documented(
@@ -117,6 +126,7 @@ class TrainConfig:
             self.data = _from_dict(DataConfig, self.data, "data")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         self.ema_rates = tuple(float(r) for r in self.ema_rates)
+        self.ema_stds = tuple(check_sigma_rel("ema_stds", s) for s in self.ema_stds)
         _check_literals(self)
         _check_literals(self.data, "data.")
         positive = {"steps": self.steps, "batch_size": self.batch_size, "num_samples": self.num_samples, "log_every": self.log_every}
@@ -142,8 +152,10 @@ class TrainConfig:
         bad = [r for r in self.ema_rates if not 0.0 <= r < 1.0]
         if bad:
             raise ValueError(f"EMA rates must lie in [0, 1), got {bad}")
-        if self.export == "ema" and not self.ema_rates:
-            raise ValueError("export='ema' needs at least one EMA rate; add ema_rates or export the online weights")
+        if self.export == "ema" and not self.ema_rates and not self.ema_stds:
+            raise ValueError("export='ema' needs at least one EMA rate (or EMA std); add ema_rates (or ema_stds) or "
+                             "export the online weights")
+        _check_power_ema(self)
         if self.export_ema_rate is not None and self.export_ema_rate not in self.ema_rates:
             raise ValueError(f"export_ema_rate {self.export_ema_rate} is not one of ema_rates {list(self.ema_rates)}")
         if self.method in TEACHER_METHODS and not self.teacher:
@@ -151,15 +163,24 @@ class TrainConfig:
 
     @property
     def exported_ema_rate(self) -> Optional[float]:
-        """The EMA rate whose weights are exported (None: the online weights)."""
-        if self.export == "online":
+        """The EMA rate whose weights are exported (None: the online weights or a power EMA)."""
+        if self.export == "online" or self.exported_ema_std is not None:
             return None
         return self.export_ema_rate if self.export_ema_rate is not None else self.ema_rates[0]
+
+    @property
+    def exported_ema_std(self) -> Optional[float]:
+        """The power EMA whose weights are exported: ``export_ema_std``, else the first of ``ema_stds`` unless an
+        ``export_ema_rate`` is chosen (None: the online weights or a classic EMA)."""
+        if self.export == "online" or self.export_ema_rate is not None:
+            return None
+        return self.export_ema_std if self.export_ema_std is not None else next(iter(self.ema_stds), None)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (the data config nested)."""
         d = dataclasses.asdict(self)
         d["betas"], d["ema_rates"] = list(self.betas), list(self.ema_rates)
+        d["ema_stds"] = list(self.ema_stds)
         return d
 
     @classmethod
@@ -199,6 +220,20 @@ def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
             f"unknown key(s) {', '.join(unknown)} in {where or 'the training config'}; known keys: {', '.join(sorted(names))}"
         )
     return cls(**d)
+
+
+def _check_power_ema(config: TrainConfig) -> None:
+    """The power-EMA fields: distinct stds, snapshots only of stds, an exported std among them."""
+    if len(set(config.ema_stds)) != len(config.ema_stds):
+        raise ValueError(f"ema_stds must be distinct, got {list(config.ema_stds)}")
+    if require_int("ema_snapshot_every", config.ema_snapshot_every, 0, " (steps; 0: no snapshots)") and not config.ema_stds:
+        raise ValueError("ema_snapshot_every saves power EMAs, but there are none; add ema_stds (--ema-std 0.05 0.10) "
+                         "or set it to 0")
+    if config.export_ema_std is not None:
+        if config.export_ema_std not in config.ema_stds:
+            raise ValueError(f"export_ema_std {config.export_ema_std} is not one of ema_stds {list(config.ema_stds)}")
+        if config.export_ema_rate is not None:
+            raise ValueError("export_ema_rate and export_ema_std both choose the exported weights; give only one")
 
 
 def _literal_args(tp: Any) -> Optional[tuple[Any, ...]]:

@@ -4,6 +4,10 @@ At step ``k`` each average is updated as ``ema <- d ema + (1 - d) theta`` with `
 ``d = min(rate, (1 + k) / (10 + k))`` so early averages are not dominated by the random initialisation
 (the warm-up used by many diffusion codebases; CM and iCT evaluate EMA weights, e.g. rates 0.999 / 0.9999 /
 0.9999432 in OpenAI's CD runs).
+
+:class:`WeightAverages` holds the averages and their bookkeeping; :class:`EMA` (a fixed decay per rate) and
+:class:`~cmkit.training.power_ema.PowerEMA` (EDM2's power-function decay per sigma_rel) only say which decay
+applies at a step and how an average is named in checkpoints.
 """
 
 from __future__ import annotations
@@ -25,49 +29,79 @@ def ema_key(rate: float) -> str:
     return f"ema_{rate:.10g}"
 
 
-class EMA:
-    """Averages of ``model``'s floating-point parameters and buffers, one per rate, kept in float32."""
+class WeightAverages:
+    """Averages of ``model``'s floating-point parameters and buffers, one per setting, kept in float32.
 
-    def __init__(self, model: nn.Module, rates: Sequence[float], warmup: bool = True) -> None:
-        self.rates = tuple(float(r) for r in rates)
-        if len(set(self.rates)) != len(self.rates):
-            raise ValueError(f"EMA rates must be distinct, got {list(self.rates)}")
-        self.warmup = bool(warmup)
+    A subclass names its settings (``what``, e.g. "rate"), gives the decay of a setting after a step
+    (:meth:`decay`) and the checkpoint name of its average (:meth:`key`).
+    """
+
+    what = "setting"
+
+    def __init__(self, model: nn.Module, settings: Sequence[float]) -> None:
+        self.settings = tuple(float(s) for s in settings)
+        if len(set(self.settings)) != len(self.settings):
+            raise ValueError(f"EMA {self.what}s must be distinct, got {list(self.settings)}")
         self.averages: dict[float, dict[str, Tensor]] = {
-            r: {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-            for r in self.rates
+            s: {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+            for s in self.settings
         }
+
+    def decay(self, setting: float, step: int) -> float:
+        """The decay of the average of ``setting`` after optimizer step ``step`` (0-based)."""
+        raise NotImplementedError
+
+    def key(self, setting: float) -> str:
+        """The checkpoint name of the average of ``setting``."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         """Move every average toward ``model``'s current weights after optimizer step ``step``."""
         current = {k: v.detach().float() for k, v in model.state_dict().items() if v.is_floating_point()}
-        for rate, avg in self.averages.items():
-            d = ema_decay(rate, step, self.warmup)
+        for setting, avg in self.averages.items():
+            d = self.decay(setting, step)
             for k, v in avg.items():
                 v.mul_(d).add_(current[k], alpha=1.0 - d)
 
-    def copy_model(self, model: nn.Module, rate: float) -> nn.Module:
-        """A deep copy of ``model`` holding the average of ``rate`` (in ``model``'s dtypes), in eval mode."""
-        if rate not in self.averages:
-            raise ValueError(f"no EMA with rate {rate}; have {list(self.rates)}")
+    def copy_model(self, model: nn.Module, setting: float) -> nn.Module:
+        """A deep copy of ``model`` holding the average of ``setting`` (in ``model``'s dtypes), in eval mode."""
+        if setting not in self.averages:
+            raise ValueError(f"no EMA with {self.what} {setting}; have {list(self.settings)}")
         out = copy.deepcopy(model).eval()
         state = out.state_dict()
-        for k, v in self.averages[rate].items():
+        for k, v in self.averages[setting].items():
             state[k].copy_(v)
         return out
 
     def state_dict(self) -> dict[str, dict[str, Tensor]]:
-        """``{ema_key(rate): {name: tensor}}`` for checkpoints."""
-        return {ema_key(r): dict(avg) for r, avg in self.averages.items()}
+        """``{key(setting): {name: tensor}}`` for checkpoints."""
+        return {self.key(s): dict(avg) for s, avg in self.averages.items()}
 
     def load_state_dict(self, state: dict[str, dict[str, Tensor]]) -> None:
-        """Restore :meth:`state_dict`; the rates and tensor names must match."""
-        for rate, avg in self.averages.items():
-            saved = state.get(ema_key(rate))
+        """Restore :meth:`state_dict` (other entries of ``state`` are ignored); names and tensors must match."""
+        for setting, avg in self.averages.items():
+            saved = state.get(self.key(setting))
             if saved is None:
-                raise ValueError(f"checkpoint has no EMA for rate {rate} (has {sorted(state)})")
+                raise ValueError(f"checkpoint has no EMA for {self.what} {setting} (has {sorted(state)})")
             if set(saved) != set(avg):
-                raise ValueError(f"EMA {rate}: checkpoint tensors do not match the model's")
+                raise ValueError(f"EMA {self.what} {setting}: checkpoint tensors do not match the model's")
             for k, v in avg.items():
                 v.copy_(saved[k])
+
+
+class EMA(WeightAverages):
+    """Averages with a fixed decay ``rate`` each (optionally warmed up, :func:`ema_decay`)."""
+
+    what = "rate"
+
+    def __init__(self, model: nn.Module, rates: Sequence[float], warmup: bool = True) -> None:
+        super().__init__(model, rates)
+        self.rates = self.settings
+        self.warmup = bool(warmup)
+
+    def decay(self, setting: float, step: int) -> float:
+        return ema_decay(setting, step, self.warmup)
+
+    def key(self, setting: float) -> str:
+        return ema_key(setting)

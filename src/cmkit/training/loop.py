@@ -35,6 +35,8 @@ from .build import build_data, build_model, build_objective, load_teacher, sched
 from .config import TrainConfig
 from .distributed import DistContext, setup_distributed
 from .ema import EMA, ema_key
+from .ema_snapshots import remove_snapshots_after, write_snapshots
+from .power_ema import PowerEMA, power_ema_key
 from .metrics_log import append_metrics, keep_metrics_up_to
 from .objectives import Objective, method_spec
 from .plots import save_loss_curve
@@ -48,7 +50,7 @@ METRICS_FILE = "metrics.jsonl"
 RESUMABLE_CHANGES = frozenset(
     {
         "save_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "progress", "device", "tau",
-        "scheduler_timesteps", "dist_timeout",
+        "scheduler_timesteps", "dist_timeout", "ema_snapshot_every",
     }
 )
 #: fields that may change on resumption, e.g. to extend a run or rescue a diverging one; the result then differs
@@ -100,6 +102,7 @@ class Trainer:
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
         self.scaler = torch.amp.GradScaler(self.ctx.device.type) if config.precision == "fp16" else None
         self.ema = EMA(self.model, config.ema_rates, config.ema_warmup) if self.ctx.is_main else None
+        self.power_ema = PowerEMA(self.model, config.ema_stds) if self.ctx.is_main and config.ema_stds else None
         self.losses: list[float] = []
         self.start_step = 0
         self.last_checkpoint: Optional[Path] = None
@@ -117,8 +120,9 @@ class Trainer:
                 "objective": self.objective.state_dict(),
                 "losses": torch.tensor(self.losses, dtype=torch.float64),
             }
+            averages = {**self.ema.state_dict(), **(self.power_ema.state_dict() if self.power_ema is not None else {})}
             path = ckpt.save_checkpoint(
-                self.output_dir, step, self.model.state_dict(), self.ema.state_dict(), state, self.config.keep_checkpoints
+                self.output_dir, step, self.model.state_dict(), averages, state, self.config.keep_checkpoints
             )
         self.ctx.barrier()
         self.last_checkpoint = path
@@ -139,6 +143,8 @@ class Trainer:
         self.objective.load_state_dict(saved.state.get("objective", {}))
         if self.ema is not None:
             self.ema.load_state_dict(saved.ema)
+        if self.power_ema is not None:
+            self.power_ema.load_state_dict(saved.ema)
         self.losses = [float(v) for v in saved.state.get("losses", torch.zeros(0)).tolist()]
         self.start_step = saved.step
         self.last_checkpoint = saved.path
@@ -182,6 +188,8 @@ class Trainer:
         self.objective.after_optimizer_step(step)
         if self.ema is not None:
             self.ema.update(self.model, step)
+        if self.power_ema is not None:
+            self.power_ema.update(self.model, step)
         return loss_mean, grad_norm, out.metrics
 
     def run(self) -> Path:
@@ -194,6 +202,7 @@ class Trainer:
         if ctx.is_main:  # clean up after a killed run: half-written checkpoints, log entries past the checkpoint
             ckpt.remove_temporary_dirs(self.output_dir)
             keep_metrics_up_to(self.output_dir / METRICS_FILE, self.start_step)
+            remove_snapshots_after(self.output_dir, self.start_step)  # a resumed run writes them again
         bar = None
         if ctx.is_main and cfg.progress:
             from tqdm import tqdm
@@ -220,6 +229,8 @@ class Trainer:
                     # the objective's metrics are this process's own; "loss" is the mean over processes
                     entry = {"step": k, **metrics, "loss": loss, "lr": learning_rate(cfg, step), "grad_norm": grad_norm, "samples_per_s": rate}
                     append_metrics(self.output_dir / METRICS_FILE, [entry])
+                if self.power_ema is not None and cfg.ema_snapshot_every and (k % cfg.ema_snapshot_every == 0 or k == cfg.steps):
+                    write_snapshots(self.power_ema, self.output_dir, k, cfg.batch_size)
                 stop_signal = ctx.max_int(stop.received)  # the processes agree: all stop after the same step
                 if stop_signal:
                     raise TrainingStopped(stop_signal, k, self._save_or_stop(k), self.output_dir)
@@ -261,7 +272,9 @@ class Trainer:
 
     def eval_model(self) -> nn.Module:
         """The network that gets exported: the chosen EMA (or the online weights), in eval mode."""
-        rate = self.config.exported_ema_rate
+        rate, std = self.config.exported_ema_rate, self.config.exported_ema_std
+        if std is not None and self.power_ema is not None:
+            return self.power_ema.copy_model(self.model, std)
         if rate is None or self.ema is None:
             return self.model.eval()
         return self.ema.copy_model(self.model, rate)
@@ -278,9 +291,9 @@ class Trainer:
     def export(self, seconds: float, steps_run: int, train_seconds: float) -> Path:
         """Write the pipeline directory, the config and the run's info (:func:`cmkit.training.report.write_outputs`)."""
         cfg, model = self.config, self.eval_model()
-        rate = cfg.exported_ema_rate
+        rate, std = cfg.exported_ema_rate, cfg.exported_ema_std
         info = {
-            "exported_weights": "online" if rate is None else ema_key(rate),
+            "exported_weights": power_ema_key(std) if std is not None else "online" if rate is None else ema_key(rate),
             "steps": cfg.steps,
             "steps_this_session": steps_run,
             "seconds_this_session": round(seconds, 3),
