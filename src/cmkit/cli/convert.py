@@ -1,4 +1,5 @@
-"""``cmkit convert``: turn an original openai/consistency_models ``.pt`` checkpoint into a pipeline directory."""
+"""``cmkit convert``: turn an original openai/consistency_models ``.pt`` checkpoint, or an EDM / EDM2 / ECT network
+snapshot ``.pkl`` (read without running code from it), into a pipeline directory."""
 
 from __future__ import annotations
 
@@ -17,11 +18,16 @@ examples:
   # your own architecture: its UNet2DModel config (a JSON file), or a preset and the keys that differ
   cmkit convert --checkpoint mine.pt --out mine --scheduler cd --unet-config mine_unet.json
   cmkit convert --checkpoint mine.pt --out mine --scheduler cd --preset imagenet64 --unet-config overrides.json
+  # an EDM / EDM2 teacher or an ECT model (network-snapshot-*.pkl; the 'ema' entry unless --state-dict-key)
+  cmkit convert --checkpoint edm-cifar10-32x32-uncond-vp.pkl --out edm_cifar10
 
 The result loads with cmkit.ConsistencyModelPipeline.from_pretrained(OUT) and with diffusers'.
 The published architectures (ImageNet-64, LSUN-256) are recognised by their weights' shapes; any other needs
 --unet-config or --preset. Every key and shape is checked against the config; --num-classes and
 --class-cond/--no-class-cond are checked against the weights.
+A .pkl snapshot is read with an allowlist of globals: its recorded source code is never run, and the network is
+rebuilt by cmkit from the recorded constructor arguments (EDMPrecond, EDM2 Precond: an EDM teacher for
+`cmkit train --teacher`; ECT's ECMPrecond: a consistency model; VP/VE preconditioning is refused).
 """
 
 
@@ -29,15 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``convert`` subcommand."""
     p = add_command(
         subparsers, "convert",
-        help="convert an OpenAI consistency-model .pt checkpoint into a pipeline directory",
+        help="convert an OpenAI .pt checkpoint or an EDM / EDM2 / ECT .pkl snapshot into a pipeline directory",
         description="Convert an original openai/consistency_models .pt checkpoint (loaded with "
-        "torch.load(weights_only=True)) into a diffusers-layout ConsistencyModelPipeline directory.",
+        "torch.load(weights_only=True)) or an EDM / EDM2 / ECT network snapshot .pkl (read safely) into a "
+        "diffusers-layout ConsistencyModelPipeline directory.",
         epilog=EPILOG,
     )
     p.add_argument(
         "--checkpoint", required=True,
         help="the OpenAI .pt file: a state dict, bare or wrapped ({'model': ...}, {'ema': ...}, {'state_dict': ...}), "
-        "keys optionally prefixed 'module.' (DDP)",
+        "keys optionally prefixed 'module.' (DDP); or an EDM / EDM2 / ECT network-snapshot .pkl",
     )  # fmt: skip
     p.add_argument(
         "--state-dict-key", default=None,
@@ -47,9 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output pipeline directory (model_index.json, unet/, scheduler/)")
     p.add_argument(
         "--scheduler",
-        required=True,
+        default=None,
         choices=["cd", "ct_imagenet64", "ct_lsun256"],
-        help="Karras grid of the published scheduler: cd (N=40), ct_imagenet64 (N=201), ct_lsun256 (N=151)",
+        help="Karras grid of the published scheduler: cd (N=40), ct_imagenet64 (N=201), ct_lsun256 (N=151); required "
+        "for a .pt, cd by default for a .pkl",
     )
     p.add_argument(
         "--unet-config", default=None,
@@ -88,11 +96,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+#: options that describe an OpenAI UNet, which a .pkl snapshot records itself.
+_OPENAI_ONLY = ("unet_config", "preset", "num_classes", "class_cond", "attention_head_dim", "num_heads", "sample_size")
+
+
+def _run_snapshot(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..convert.edm import convert_edm_snapshot
+    from ..convert.openai import SCHEDULER_TIMESTEPS
+
+    given = [f"--{name.replace('_', '-')}" for name in _OPENAI_ONLY if getattr(args, name) is not None]
+    if given or args.qkv_layout != "qkv_major":
+        raise ValueError(
+            f"{', '.join(given) or '--qkv-layout'} describe an OpenAI checkpoint; a .pkl snapshot records its network "
+            "itself: drop them"
+        )
+    scheduler = args.scheduler or "cd"
+    out = convert_edm_snapshot(
+        args.checkpoint, args.out, key=args.state_dict_key or "ema",
+        num_train_timesteps=SCHEDULER_TIMESTEPS[scheduler], dtype=getattr(torch, args.dtype),
+    )  # fmt: skip
+    print(f"wrote {out} (scheduler {scheduler}); load it with ConsistencyModelPipeline.from_pretrained('{out}')")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Convert and report where the pipeline was written."""
+    if str(args.checkpoint).endswith(".pkl"):
+        return _run_snapshot(args)
     import torch
 
     from ..convert.openai import convert_openai_checkpoint
+
+    if args.scheduler is None:
+        raise ValueError("--scheduler is required for an OpenAI checkpoint: cd, ct_imagenet64 or ct_lsun256")
 
     out = convert_openai_checkpoint(
         args.checkpoint,

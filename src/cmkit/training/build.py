@@ -70,12 +70,19 @@ def load_denoiser(path: str | os.PathLike) -> Denoiser:
 
 
 def load_teacher(path: str | os.PathLike) -> Denoiser:
-    """The frozen EDM teacher saved by an ``edm`` run (its ``model_index.json`` records parameterization "edm")."""
-    teacher = load_denoiser(path)
+    """The frozen EDM teacher: a directory saved by an ``edm`` run (its ``model_index.json`` records parameterization
+    "edm"), or an EDM / EDM2 network snapshot ``.pkl`` (read safely, see :mod:`cmkit.convert.edm`)."""
+    if Path(path).suffix == ".pkl":
+        from ..convert.edm import load_edm_denoiser
+
+        teacher = load_edm_denoiser(path)
+    else:
+        teacher = load_denoiser(path)
     if teacher.parameterization != "edm":
         raise ValueError(
             f"the teacher {path} is a {teacher.parameterization} model, not an EDM denoiser; CD and ECT distil a "
-            "diffusion model: train one with method 'edm' and pass its output directory"
+            "diffusion model: train one with method 'edm' and pass its output directory, or pass an EDM / EDM2 "
+            "snapshot .pkl"
         )
     return teacher.eval().requires_grad_(False)
 

@@ -77,7 +77,8 @@ class TrainConfig:
     model_options: dict[str, Any] = documented(
         {}, "network constructor override, repeatable (e.g. width=64, dropout=0.1)", flag="--model-option")
     teacher: Optional[str] = documented(
-        None, "output directory of an `--method edm` run (needed by cd and ect)", metavar="DIR")
+        None, "output directory of an `--method edm` run, or an EDM / EDM2 snapshot .pkl (needed by cd and ect)",
+        metavar="DIR")
     objective_options: dict[str, Any] = documented(
         {}, "objective option, repeatable (e.g. num_scales=18, loss=pseudo_huber; listed below)", flag="--option")
     steps: int = documented(1000, "optimizer steps")

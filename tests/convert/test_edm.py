@@ -1,0 +1,218 @@
+"""EDM / EDM2 / ECT snapshots as cmkit denoisers: which preconditioner maps to which parameterization, with which
+sigma_data / sigma_min, which network with which weights; and the outputs match the preconditioners' formulas.
+
+The snapshots are written in those projects' pickle format by ``tests/edm_snapshots.py``. cmkit's reference
+networks (``cmkit.models.reference_nets``) are passed in as a table; here the table maps the recorded network name
+to cmkit's ``MLPNet``, whose weights the test snapshot holds, so the preconditioning is checked end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+import cmkit.convert.edm as edm
+from cmkit.convert.edm import build_edm_denoiser, convert_edm_snapshot, describe_edm_network, load_edm_denoiser
+from cmkit.io.snapshot_pickle import SnapshotError, read_network_pickle
+from cmkit.models.denoiser import call_network
+from cmkit.models.mlp import MLPNet
+from cmkit.models.modeling import load_exact_state_dict
+from cmkit.training.build import load_teacher
+from edm_snapshots import (
+    EDM2_KWARGS,
+    SONG_KWARGS,
+    EDM2UNetLike,
+    SongUNetLike,
+    edm2_snapshot_data,
+    edm_snapshot_data,
+    reference_state_dict,
+    write_pickle,
+)
+
+class CallsOnLoadPayload:
+    """Pickles as ``os.system("touch marker")``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+MLP_KWARGS = dict(sample_shape=(2,), width=16, num_blocks=1, embedding_dim=8)
+NETWORKS = {"SongUNet": MLPNet, "DhariwalUNet": MLPNet, "edm2.UNet": MLPNet}
+
+
+@pytest.fixture
+def mlp():
+    torch.manual_seed(7)
+    return MLPNet(**MLP_KWARGS).eval()
+
+
+def mlp_snapshot(tmp_path, mlp, **kw):
+    path = tmp_path / "network-snapshot.pkl"
+    write_pickle(path, edm_snapshot_data(mlp, inner_kwargs=MLP_KWARGS, **kw))
+    return path
+
+
+def edm_formula(F, x, sigma, sigma_data):
+    """EDM table 1 ("ours"), with F called the cmkit way (timestep 250 ln sigma = 1000 c_noise)."""
+    s = sigma[:, None]
+    c_skip = sigma_data**2 / (s**2 + sigma_data**2)
+    c_out = s * sigma_data / (s**2 + sigma_data**2).sqrt()
+    c_in = 1 / (s**2 + sigma_data**2).sqrt()
+    return c_skip * x + c_out * call_network(F, c_in * x, 1000 * sigma.log() / 4, None)
+
+
+def ecm_formula(F, x, sigma, sigma_data, eps):
+    """ECT's ECMPrecond in eval mode (CM appendix C): the boundary shifted by eps = sigma_min."""
+    s = sigma[:, None]
+    c_skip = sigma_data**2 / ((s - eps) ** 2 + sigma_data**2)
+    c_out = (s - eps) * sigma_data / (s**2 + sigma_data**2).sqrt()
+    c_in = 1 / (s**2 + sigma_data**2).sqrt()
+    return c_skip * x + c_out * call_network(F, c_in * x, 1000 * sigma.log() / 4, None)
+
+
+X = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+SIGMA = torch.tensor([0.004, 0.05, 0.7, 3.0, 80.0])
+
+
+# ------------------------------------------------------------------------------------------- describing
+
+
+def test_an_edm_snapshot_is_an_edm_denoiser_with_its_recorded_sigma_data(tmp_path):
+    torch.manual_seed(0)
+    song = SongUNetLike()
+    write_pickle(tmp_path / "s.pkl", edm_snapshot_data(song, sigma_data=0.7))
+    network = describe_edm_network(read_network_pickle(tmp_path / "s.pkl"))
+    assert (network.preconditioner, network.parameterization, network.network) == ("EDMPrecond", "edm", "SongUNet")
+    assert network.sigma_data == 0.7 and network.label_dim == 0 and network.dropped == ()
+    assert network.network_kwargs == SONG_KWARGS
+    assert list(network.state_dict) == list(reference_state_dict(song))
+
+
+def test_an_edm2_snapshot_maps_to_the_edm2_unet_and_drops_the_uncertainty_head(tmp_path):
+    torch.manual_seed(0)
+    write_pickle(tmp_path / "s.pkl", edm2_snapshot_data(EDM2UNetLike(), sigma_data=0.5))
+    network = describe_edm_network(read_network_pickle(tmp_path / "s.pkl"))
+    assert (network.preconditioner, network.parameterization, network.network) == ("Precond", "edm", "edm2.UNet")
+    assert network.network_kwargs == EDM2_KWARGS and network.label_dim == 10
+    assert network.dropped == ("logvar_fourier.freqs", "logvar_linear.weight")
+    assert "out_gain" in network.state_dict and network.state_dict["out_gain"].dtype == torch.float16
+
+
+def test_an_ect_snapshot_is_a_consistency_model_with_its_recorded_sigma_min(tmp_path, mlp):
+    path = mlp_snapshot(tmp_path, mlp, precond="ECMPrecond", extra_precond={"sigma_min": 0.003})
+    network = describe_edm_network(read_network_pickle(path))
+    assert (network.parameterization, network.sigma_min, network.sigma_data) == ("consistency", 0.003, 0.5)
+
+
+@pytest.mark.parametrize("precond, differs", [("VPPrecond", "VP time"), ("VEPrecond", r"ln\(sigma / 2\)"),
+                                              ("iDDPMPrecond", "discrete noise levels")])  # fmt: skip
+def test_the_baseline_preconditioners_are_refused_with_what_differs(tmp_path, mlp, precond, differs):
+    path = mlp_snapshot(tmp_path, mlp, precond=precond)
+    expected = rf"holds a {precond}, whose preconditioning cmkit does not implement.*{differs}"
+    with pytest.raises(SnapshotError, match=expected):
+        describe_edm_network(read_network_pickle(path))
+
+
+def test_unknown_preconditioners_and_networks_are_refused(tmp_path, mlp):
+    with pytest.raises(SnapshotError, match="holds a MyPrecond, not a preconditioner cmkit knows"):
+        describe_edm_network(read_network_pickle(mlp_snapshot(tmp_path, mlp, precond="MyPrecond")))
+    with pytest.raises(SnapshotError, match="wraps a MyUNet; cmkit rebuilds only SongUNet, DhariwalUNet"):
+        describe_edm_network(read_network_pickle(mlp_snapshot(tmp_path, mlp, inner_name="MyUNet")))
+
+
+def test_a_recorded_sigma_data_must_be_positive(tmp_path, mlp):
+    with pytest.raises(ValueError, match="EDMPrecond.sigma_data must be a positive"):
+        describe_edm_network(read_network_pickle(mlp_snapshot(tmp_path, mlp, sigma_data=-1.0)))
+
+
+# ------------------------------------------------------------------------------------------- building
+
+
+def test_the_built_edm_denoiser_matches_edm_preconditioning(tmp_path, mlp):
+    denoiser = load_edm_denoiser(mlp_snapshot(tmp_path, mlp, sigma_data=0.7), networks=NETWORKS,
+                                 load_state_dict=load_exact_state_dict)  # fmt: skip
+    assert (denoiser.parameterization, denoiser.sigma_data) == ("edm", 0.7)
+    assert not denoiser.training
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser(X, SIGMA), edm_formula(mlp, X, SIGMA, 0.7), rtol=1e-5, atol=1e-5)
+
+
+def test_the_built_ect_denoiser_matches_the_shifted_consistency_boundary(tmp_path, mlp):
+    path = mlp_snapshot(tmp_path, mlp, precond="ECMPrecond", extra_precond={"sigma_min": 0.003})
+    denoiser = load_edm_denoiser(path, networks=NETWORKS, load_state_dict=load_exact_state_dict)
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser(X, SIGMA), ecm_formula(mlp, X, SIGMA, 0.5, 0.003), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(denoiser(X, torch.full((5,), 0.003)), X)  # f(x, eps) = x
+
+
+def test_arguments_the_reference_network_does_not_take_are_a_clear_error(tmp_path, mlp):
+    path = tmp_path / "s.pkl"
+    write_pickle(path, edm_snapshot_data(mlp, inner_kwargs={**MLP_KWARGS, "dropout_res": 16}))
+    with pytest.raises(SnapshotError, match="does not take the snapshot's recorded arguments.*dropout_res"):
+        load_edm_denoiser(path, networks=NETWORKS, load_state_dict=load_exact_state_dict)
+
+
+def test_convert_writes_a_teacher_directory_that_load_teacher_reads_back(tmp_path, mlp):
+    path = mlp_snapshot(tmp_path, mlp, sigma_data=0.7)
+    out = convert_edm_snapshot(path, tmp_path / "teacher", num_train_timesteps=18, networks=NETWORKS,
+                               load_state_dict=load_exact_state_dict)  # fmt: skip
+    assert json.loads((out / "model_index.json").read_text())["cmkit_parameterization"] == "edm"
+    scheduler = json.loads((out / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["num_train_timesteps"], scheduler["sigma_data"]) == (18, 0.7)
+    teacher = load_teacher(out)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(X, SIGMA), edm_formula(mlp, X, SIGMA, 0.7), rtol=1e-5, atol=1e-5)
+
+
+def test_load_teacher_reads_a_snapshot_file_directly(tmp_path, mlp, monkeypatch):
+    monkeypatch.setattr(edm, "reference_networks", lambda: (NETWORKS, load_exact_state_dict))
+    teacher = load_teacher(mlp_snapshot(tmp_path, mlp, sigma_data=0.7))
+    assert teacher.parameterization == "edm" and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(X, SIGMA), edm_formula(mlp, X, SIGMA, 0.7), rtol=1e-5, atol=1e-5)
+    ect = mlp_snapshot(tmp_path, mlp, precond="ECMPrecond", extra_precond={"sigma_min": 0.003})
+    with pytest.raises(ValueError, match="is a consistency model, not an EDM denoiser"):
+        load_teacher(ect)
+
+
+def test_float16_weights_are_loaded_into_a_float32_network(tmp_path):
+    torch.manual_seed(2)
+    mlp = MLPNet(**MLP_KWARGS).eval()
+    path = tmp_path / "s.pkl"
+    data = edm2_snapshot_data(mlp, inner_kwargs=MLP_KWARGS)
+    write_pickle(path, data)
+    denoiser = load_edm_denoiser(path, networks=NETWORKS, load_state_dict=load_exact_state_dict)
+    expected = MLPNet(**MLP_KWARGS).eval()
+    expected.load_state_dict({k: v.half().float() for k, v in mlp.state_dict().items()})
+    assert next(denoiser.net.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser(X, SIGMA), edm_formula(expected, X, SIGMA, 0.5), rtol=1e-5, atol=1e-5)
+    assert math.isclose(denoiser.sigma_data, 0.5)
+
+
+def test_cli_converts_a_snapshot_and_refuses_openai_options_and_unsafe_files(tmp_path, mlp, monkeypatch, capsys):
+    from cmkit.cli import main
+
+    monkeypatch.setattr(edm, "reference_networks", lambda: (NETWORKS, load_exact_state_dict))
+    path = mlp_snapshot(tmp_path, mlp, sigma_data=0.7)
+    assert main(["convert", "--checkpoint", str(path), "--out", str(tmp_path / "pipe")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    scheduler = json.loads((tmp_path / "pipe" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["num_train_timesteps"] == 40 and scheduler["sigma_data"] == 0.7
+    assert main(["convert", "--checkpoint", str(path), "--out", str(tmp_path / "p2"), "--preset", "imagenet64"]) == 1
+    assert "--preset describe an OpenAI checkpoint" in capsys.readouterr().err
+    evil = edm_snapshot_data(mlp, inner_kwargs=MLP_KWARGS)
+    evil["augment_pipe"] = CallsOnLoadPayload(str(tmp_path / "pwned"))
+    write_pickle(tmp_path / "evil.pkl", evil)
+    assert main(["convert", "--checkpoint", str(tmp_path / "evil.pkl"), "--out", str(tmp_path / "p3")]) == 1
+    assert f"global {os.system.__module__}.system" in capsys.readouterr().err and not (tmp_path / "pwned").exists()
+    torch.save(mlp.state_dict(), tmp_path / "openai.pt")
+    assert main(["convert", "--checkpoint", str(tmp_path / "openai.pt"), "--out", str(tmp_path / "p4")]) == 1
+    assert "--scheduler is required for an OpenAI checkpoint" in capsys.readouterr().err
