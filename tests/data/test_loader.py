@@ -1,6 +1,9 @@
 """The prefetching loader: any number of workers and any start step give the reference batches, in step order."""
 
 import multiprocessing
+import os
+import signal
+import time
 
 import pytest
 import torch
@@ -56,3 +59,15 @@ def test_loader_arguments_are_checked(images):
         images.loader(0, 0, 2, 4, 3, 2)
     with pytest.raises(ValueError, match="stop_step >= start_step"):
         images.loader(0, 5, 2, 4)
+
+
+def test_workers_leave_stop_signals_to_the_training_process(images):
+    before = set(multiprocessing.active_children())
+    with images.loader(3, 0, 6, 4, workers=2) as batches:
+        got = [next(batches), next(batches)]  # both workers have started
+        for worker in set(multiprocessing.active_children()) - before:  # as Ctrl-C or srun's SIGTERM reach them
+            os.kill(worker.pid, signal.SIGINT)
+            os.kill(worker.pid, signal.SIGTERM)
+        time.sleep(0.3)
+        got.extend(batches)  # the run finishes its step (and saves) with the workers it has
+    assert same(got, reference(images, range(6)))

@@ -17,6 +17,7 @@ a run was resumed.
 
 from __future__ import annotations
 
+import signal
 import warnings
 from abc import ABC, abstractmethod
 from typing import Iterator, NamedTuple, Optional
@@ -147,6 +148,14 @@ class _SliceReader:
         return len(self.source)
 
 
+def _leave_stop_signals_to_the_parent(worker_id: int) -> None:
+    """A worker ignores SIGINT and SIGTERM: Ctrl-C (sent to the whole process group) or a cluster's SIGTERM must
+    not end it while the training process finishes its step and checkpoints (see :mod:`cmkit.training.preemption`).
+    The workers end when the loader is closed, or by themselves when their parent dies."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _whole(batch: RawBatch) -> RawBatch:
     """The DataLoader's collate function: a slice is made whole by the dataset already."""
     return batch
@@ -179,6 +188,7 @@ class StepBatches:
             _SliceReader(source, seed),  # type: ignore[arg-type]
             batch_sampler=_StepKeys(start, stop, global_batch, offset, local),  # type: ignore[arg-type]
             num_workers=workers, collate_fn=_whole, pin_memory=pin and torch.cuda.is_available(),
+            worker_init_fn=_leave_stop_signals_to_the_parent,
             persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
         )
         self._it: Optional[Iterator[RawBatch]] = iter(self._loader)
