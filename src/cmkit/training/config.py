@@ -36,11 +36,12 @@ class DataConfig:
     toy: Optional[str] = documented(None, "set by --data toy:NAME", cli=False)
     path: Optional[str] = documented(None, "set by --data folder:PATH, zip:PATH or prepared:PATH", cli=False)
     resolution: Optional[int] = documented(
-        None, "image size in pixels (digits: a multiple of 8; folders: required unless --resize none)")
-    resize: ResizeMode = documented("crop", "folder images: centre crop, stretch, or keep")
+        None, "image size in pixels (digits: a multiple of 8; folder, zip: required unless --resize none; prepared: "
+        "as prepared)")
+    resize: ResizeMode = documented("crop", "folder and zip images: centre crop, stretch, or keep")
     flip: bool = documented(False, "random horizontal flips")
     channels: Optional[Literal[1, 3]] = documented(
-        None, "folder images: 1 (grayscale) or 3 (RGB; None means 3); the digits are grayscale, toys are points")
+        None, "images: 1 (grayscale) or 3 (RGB; None means 3); the digits are grayscale, toys are points")
     class_labels: Optional[bool] = documented(
         None, "use class labels (digits classes, folder sub-folders); None: when the data have them")
     workers: int = documented(
