@@ -1,6 +1,7 @@
 """Prepared data: the source's batches from a memory-mapped file, written atomically, checked when read."""
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -32,6 +33,8 @@ def test_prepared_data_give_the_folder_batches(folder, tmp_path):
         for step, (x, y) in zip(range(1, 4), batches):
             assert torch.equal(x, streamed.batch(2, step, 5, 1, 4)[0])
     assert build_dataset("prepared", path=str(tmp_path / "p"), class_labels=False).batch(0, 0, 2)[1] is None
+    copy = pickle.loads(pickle.dumps(prepared))  # as spawned workers (macOS) get it: the mapping is not pickled
+    assert copy._images is None and torch.equal(copy.batch(2, 3, 5)[0], prepared.batch(2, 3, 5)[0])
 
 
 def test_unreadable_files_are_listed_and_left_out(folder, tmp_path):

@@ -1,6 +1,7 @@
 """EDM dataset archives (``zip:PATH``): images in name order, labels from dataset.json, damaged members replaced."""
 
 import json
+import pickle
 import zipfile
 
 import numpy as np
@@ -29,6 +30,8 @@ def test_images_and_labels_of_an_edm_archive(tmp_path, compression):
     assert torch.equal(y, order % 3)
     with src.loader(0, 0, 1, 6, workers=2) as batches:  # each worker opens the archive itself
         assert torch.equal(next(batches)[0], x)
+    copy = pickle.loads(pickle.dumps(src))  # as spawned workers (macOS) get it: no open file inside
+    assert copy.records._file is None and torch.equal(copy.batch(0, 0, 6)[0], x)
 
 
 def test_unlabelled_archives_and_label_errors(tmp_path):
