@@ -94,3 +94,38 @@ def fake_extractor(monkeypatch):
 
     monkeypatch.setitem(fid.FEATURE_EXTRACTORS, "fake", fake_feature_extractor)
     return "fake"
+
+
+def write_image_folder(root, classes=("a", "b"), per_class=5, seed=0):
+    """Random RGB PNGs of varied sizes (10..14 x 9..12) in one sub-folder per class (``classes=()``: flat); the root."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in classes or ("",):
+        folder = root / c
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            size = (9 + i % 4, 10 + i % 5)
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
+def edm_archive(path, n=6, labels=True, compression=None, size=8):
+    """An archive laid out as EDM's dataset_tool.py writes one: 00000/img00000000.png ..., dataset.json
+    (labels i % 3, or null); returns the pixels ``[n, size, size, 3]``."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    names = [f"{i // 1000:05d}/img{i:08d}.png" for i in range(n)]
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED if compression is None else compression) as zf:
+        for name, pixels in zip(names[::-1], images[::-1]):  # stored out of order: read in name order
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, format="png", compress_level=0)
+            zf.writestr(name, buf.getvalue())
+        meta = {"labels": [[name, i % 3] for i, name in enumerate(names)] if labels else None}
+        zf.writestr("dataset.json", json.dumps(meta))
+    return images

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from builders import write_image_folder
 from cmkit.cli import main
 from cmkit.io.weights import load_state_dict
 from cmkit.training import checkpoint as ckpt
@@ -89,9 +90,27 @@ def test_ct_on_an_image_folder(tmp_path):
                    "--output", str(out), *FAST])
     assert rc == 0
     info = json.loads((out / "training_info.json").read_text())
-    assert info["class_names"] == ["blue", "red"] and info["num_train_samples"] == 6
+    # folders stream: the unreadable file is a record until it is met, then replaced and counted in the log
+    assert info["class_names"] == ["blue", "red"] and info["num_train_samples"] == 7
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["unreadable_images"] == 1
     saved = json.loads((out / "train_config.json").read_text())
     assert saved["data"]["kind"] == "folder" and saved["data"]["flip"] is True and saved["data"]["resolution"] == 8
+
+
+@pytest.mark.slow  # two runs, with loader worker processes
+def test_a_streamed_folder_with_workers_resumes_exactly_with_other_workers(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--method", "ict", "--data", f"folder:{write_image_folder(tmp_path / 'imgs')}", "--resolution", "8",
+            "--flip", "--model", "tiny", "--model-option", "block_out_channels=[16, 32]", "--steps", "3",
+            "--save-every", "1", "--keep-checkpoints", "0", "--output", str(out), *FAST]
+    assert main([*args, "--workers", "2"]) == 0
+    finished = weights(out)
+    assert json.loads((out / "train_config.json").read_text())["data"]["workers"] == 2
+    shutil.rmtree(ckpt.checkpoint_dir(out, 3))  # as if the process died during the last step
+    shutil.rmtree(out / "unet")
+    (out / "checkpoints" / "latest.json").unlink()
+    assert main(["train", "--output", str(out), "--resume", "--workers", "0", "--no-progress"]) == 0  # read in-process
+    assert same_weights(finished, weights(out))
 
 
 def test_config_alone_reproduces_the_run_and_flags_override(tmp_path, capsys):
@@ -185,7 +204,7 @@ def test_generated_flags_parse_like_the_hand_written_ones(capsys):
     assert main(args) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["data"] == {"kind": "folder", "toy": None, "path": "/x", "resolution": 16, "resize": "crop", "flip": False,
-                           "channels": 1, "class_labels": False}
+                           "channels": 1, "class_labels": False, "workers": 2}
     assert cfg["grad_clip"] is None and cfg["ema_rates"] == [0.9, 0.99] and cfg["ema_warmup"] is False
     assert cfg["progress"] is False and cfg["dist_timeout"] == 60.0 and cfg["output_dir"] == "o"
     assert cfg["objective_options"] == {"loss": "l2"} and cfg["model_options"] == {"width": 8}

@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cmkit.data import TensorSource, build_dataset
+from cmkit.data import build_dataset
+from cmkit.data.indexed import IndexedImageSource
 from cmkit.data.folder import load_image_folder, scan_image_folder
 
 
@@ -116,7 +117,7 @@ def test_grayscale_and_rgba(tmp_path):
 
 def test_build_dataset_folder(classes):
     src = build_dataset("folder", path=str(classes), resolution=4, flip=True)
-    assert isinstance(src, TensorSource)
+    assert isinstance(src, IndexedImageSource)  # streamed: decoded when a batch needs it
     assert src.sample_shape == (3, 4, 4) and src.num_classes == 2 and src.class_names == ["cat", "dog"]
     x, y = src.batch(0, 0, 6)
     assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1 and y.dtype == torch.long

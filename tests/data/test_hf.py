@@ -1,6 +1,7 @@
 """hf:PATH records: save_to_disk folders, parquet files/folders/globs, splits, columns, bad records, workers, memory."""
 
 import io
+import json
 import os
 import pickle
 import subprocess
@@ -210,3 +211,17 @@ def test_reading_every_record_keeps_the_data_memory_mapped(tmp_path):
     assert run.returncode == 0, run.stderr
     grown_mib = float(run.stdout.split()[-1])
     assert grown_mib < 12, f"reading the records grew anonymous memory by {grown_mib:.1f} MiB (32 MiB of data)"
+
+
+def test_hf_spec_trains_through_the_streaming_loader(tmp_path):
+    """``cmkit train --data hf:PATH`` reads a saved data set through the prefetching loader, end to end."""
+    from cmkit.cli import main
+
+    labelled(8).save_to_disk(tmp_path / "ds")
+    out = tmp_path / "run"
+    code = main(["train", "--method", "edm", "--data", f"hf:{tmp_path / 'ds'}", "--resolution", "8", "--resize", "stretch",
+                 "--model", "tiny", "--steps", "2", "--batch-size", "4", "--workers", "0", "--num-samples", "4",
+                 "--output", str(out), "--no-progress"])
+    assert code == 0
+    info = json.loads((out / "train_config.json").read_text())
+    assert info["data"]["kind"] == "hf" and (out / "model_index.json").is_file()

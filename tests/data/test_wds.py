@@ -226,3 +226,21 @@ def test_no_warning_for_clean_shards(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         WdsImageRecords(str(tmp_path / "*.tar"), index_cache=False)
+
+
+def test_wds_spec_streams_training_batches(tmp_path):
+    """``wds:PATTERN`` parses, builds an IndexedImageSource, and its batches are those of the records read directly."""
+    from cmkit.data import build_dataset
+    from cmkit.data.indexed import IndexedImageSource
+    from cmkit.training.config import DataConfig
+
+    labelled_shards(tmp_path)
+    config = DataConfig.parse(f"wds:{tmp_path}/shard-{{00..01}}.tar", resolution=4, resize="stretch")
+    assert config.spec() == f"wds:{tmp_path}/shard-{{00..01}}.tar"
+    source = build_dataset(**{k: v for k, v in vars(config).items() if k != "workers"})
+    assert isinstance(source, IndexedImageSource) and source.num_classes == 3
+    direct = IndexedImageSource(build_wds_records(f"{tmp_path}/shard-{{00..01}}.tar"), 4, "stretch", 3)
+    for step in range(3):
+        (x, y), (x_ref, y_ref) = source.batch(0, step, 4), direct.batch(0, step, 4)
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref)
+    assert x.shape == (4, 3, 4, 4) and x.abs().max() <= 1

@@ -13,7 +13,7 @@ def test_config_json_round_trip(tmp_path):
     assert again == cfg
     assert json.loads(path.read_text())["data"] == {
         "kind": "toy", "toy": "8gaussians", "path": None, "resolution": None, "resize": "crop", "flip": False,
-        "channels": None, "class_labels": None,
+        "channels": None, "class_labels": None, "workers": 2,
     }
 
 
@@ -46,5 +46,11 @@ def test_config_unknown_key_and_data_spec(tmp_path):
     assert DataConfig.parse("toy:moons") == DataConfig(kind="toy", toy="moons")
     assert DataConfig.parse("folder:/x/y", resolution=32).path == "/x/y"
     assert DataConfig.parse("digits").spec() == "digits"
+    for kind in ("folder", "zip", "prepared"):
+        assert DataConfig.parse(f"{kind}:/d/x").spec() == f"{kind}:/d/x" and DataConfig.parse(f"{kind}:/d/x").kind == kind
     with pytest.raises(ValueError, match="cannot read the data spec"):
         DataConfig.parse("imagenet")
+    with pytest.raises(ValueError, match="cannot read the data spec"):
+        DataConfig.parse("zip:")
+    with pytest.raises(ValueError, match=r"workers must be an integer >= 0 \(background data processes"):
+        DataConfig(workers=-1)

@@ -15,7 +15,7 @@ from typing import Sequence
 from .options import LazyArgumentParser
 
 #: subcommand modules under ``cmkit.cli``, in ``--help`` order.
-SUBCOMMANDS: tuple[str, ...] = ("sample", "train", "edit", "eval", "tune_timesteps", "convert", "demo", "ema")
+SUBCOMMANDS: tuple[str, ...] = ("sample", "train", "edit", "eval", "tune_timesteps", "convert", "demo", "ema", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

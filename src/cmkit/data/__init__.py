@@ -1,12 +1,40 @@
-"""Data sets: the embedded 8x8 digits, 2-D toy distributions, and a user's folder of images."""
+"""Data sets: the embedded 8x8 digits, 2-D toy distributions, and a user's images (a folder, an EDM zip archive,
+data made by ``cmkit data prepare``, a Hugging Face data set saved locally, webdataset shards), streamed from disk."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 from .source import DataSource, SamplerSource, TensorSource
 
-DataKind = Literal["digits", "toy", "folder"]
+if TYPE_CHECKING:
+    from .indexed import ImageRecords
+
+DataKind = Literal["digits", "toy", "folder", "zip", "prepared", "hf", "wds"]
+#: the kinds read from files at a path (``KIND:PATH``).
+PATH_KINDS = ("folder", "zip", "prepared", "hf", "wds")
+
+
+def open_records(kind: str, path: str, class_labels: Optional[bool] = None) -> "ImageRecords":
+    """The image records at ``path`` (decoded on demand): a ``folder``, an EDM ``zip`` archive, a Hugging Face
+    data set saved locally (``hf``: a ``save_to_disk`` folder or parquet files) or webdataset tar shards (``wds``)."""
+    if kind == "folder":
+        from .folder import FolderRecords
+
+        return FolderRecords(path, class_labels)
+    if kind == "zip":
+        from .ziparchive import ZipRecords
+
+        return ZipRecords(path, class_labels)
+    if kind == "hf":
+        from .hf import build_hf_records
+
+        return build_hf_records(path, class_labels=class_labels)
+    if kind == "wds":
+        from .wds import build_wds_records
+
+        return build_wds_records(path, class_labels=class_labels)
+    raise ValueError(f"{kind!r} data are not image records; use folder:PATH, zip:PATH, hf:PATH or wds:PATTERN")
 
 
 def build_dataset(
@@ -20,9 +48,10 @@ def build_dataset(
     channels: Optional[Literal[1, 3]] = None,
     class_labels: Optional[bool] = None,
 ) -> DataSource:
-    """A training :class:`DataSource`: ``digits`` (8x8, upsampled to ``resolution``), a 2-D ``toy`` or an image ``folder``.
+    """A training :class:`DataSource`: ``digits`` (8x8, upsampled to ``resolution``), a 2-D ``toy``, or images read
+    from ``path`` as they are needed: a ``folder``, an EDM ``zip`` archive, or ``prepared`` data.
 
-    ``channels`` (1 or 3) applies to folders (default 3); the digits are grayscale and the toys are points.
+    ``channels`` (1 or 3) applies to images (default 3); the digits are grayscale and the toys are points.
     """
     if kind == "digits":
         from ..limits import require_memory
@@ -46,11 +75,15 @@ def build_dataset(
         if flip or class_labels or resolution is not None or channels is not None:
             raise ValueError("toy data are unlabelled 2-D points: resolution, channels, flip and class labels do not apply")
         return SamplerSource(lambda n, g: sample_toy(toy, n, generator=g), sample_shape=(2,))
-    if kind == "folder":
-        from .folder import load_image_folder
-
+    if kind in PATH_KINDS:
         if not path:
-            raise ValueError("folder data needs a path (e.g. folder:/data/my_images)")
-        folder = load_image_folder(path, resolution, resize, channels or 3, class_labels)
-        return TensorSource(folder.images, folder.labels, flip=flip, class_names=folder.class_names)
-    raise ValueError(f"data kind must be 'digits', 'toy' or 'folder', got {kind!r}")
+            raise ValueError(f"{kind} data needs a path (e.g. {kind}:/data/images)")
+        if kind == "prepared":
+            from .prepared import PreparedSource
+
+            return PreparedSource(path, flip=flip, class_labels=class_labels, resolution=resolution, channels=channels)
+        from .indexed import IndexedImageSource
+
+        records = open_records(kind, path, class_labels)
+        return IndexedImageSource(records, resolution, resize, channels or 3, flip, class_labels, name=f"{kind}:{path}")
+    raise ValueError(f"data kind must be 'digits', 'toy', 'folder', 'zip', 'prepared', 'hf' or 'wds', got {kind!r}")

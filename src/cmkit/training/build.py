@@ -18,8 +18,10 @@ from .objectives import Objective, method_spec
 
 
 def build_data(config: TrainConfig) -> DataSource:
-    """The training data described by ``config.data``."""
-    return build_dataset(**dataclasses.asdict(config.data))
+    """The training data described by ``config.data`` (``workers`` is how the loop reads them, not what they are)."""
+    options = dataclasses.asdict(config.data)
+    del options["workers"]
+    return build_dataset(**options)
 
 
 def build_network(config: TrainConfig, data: DataSource) -> nn.Module:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from ..data import DataKind
+from ..data import PATH_KINDS, DataKind
 from ..data.folder import ResizeMode
 from .._validate import check_choice, is_int, require_int, require_positive
 from ..fields import documented
@@ -31,37 +31,47 @@ Device = Literal["auto", "cpu", "cuda"]
 
 @dataclass
 class DataConfig:
-    """Which data to train on: the embedded ``digits``, a 2-D ``toy`` set, or an image ``folder``."""
+    """Which data to train on: the embedded ``digits``, a 2-D ``toy`` set, or images (``folder``, ``zip``, ``prepared``)."""
 
     kind: DataKind = documented("digits", "set by --data", cli=False)
     toy: Optional[str] = documented(None, "set by --data toy:NAME", cli=False)
-    path: Optional[str] = documented(None, "set by --data folder:PATH", cli=False)
+    path: Optional[str] = documented(None, "set by --data folder:PATH, zip:PATH, prepared:PATH, hf:PATH or wds:PATTERN", cli=False)
     resolution: Optional[int] = documented(
-        None, "image size in pixels (digits: a multiple of 8; folders: required unless --resize none)")
-    resize: ResizeMode = documented("crop", "folder images: centre crop, stretch, or keep")
+        None, "image size in pixels (digits: a multiple of 8; folder, zip: required unless --resize none; prepared: "
+        "as prepared)")
+    resize: ResizeMode = documented("crop", "folder and zip images: centre crop, stretch, or keep")
     flip: bool = documented(False, "random horizontal flips")
     channels: Optional[Literal[1, 3]] = documented(
-        None, "folder images: 1 (grayscale) or 3 (RGB; None means 3); the digits are grayscale, toys are points")
+        None, "images: 1 (grayscale) or 3 (RGB; None means 3); the digits are grayscale, toys are points")
     class_labels: Optional[bool] = documented(
         None, "use class labels (digits classes, folder sub-folders); None: when the data have them")
+    workers: int = documented(
+        2, "image data (folder, zip, prepared): background processes that decode and prefetch batches (0: none, "
+        "read in the training process); does not change the batches")
+
+    def __post_init__(self) -> None:
+        require_int("workers", self.workers, 0, " (background data processes; 0 reads in the training process)", 256)
 
     @classmethod
     def parse(cls, spec: str, **options: Any) -> "DataConfig":
-        """From a spec ``digits``, ``toy:8gaussians`` / ``toy:moons`` / ``toy:swissroll`` or ``folder:PATH``."""
+        """From a spec ``digits``, ``toy:8gaussians`` / ``toy:moons`` / ``toy:swissroll``, ``folder:PATH``,
+        ``zip:PATH`` (an EDM dataset archive), ``prepared:PATH`` (made by ``cmkit data prepare``), ``hf:PATH`` (a Hugging
+        Face data set saved locally) or ``wds:PATTERN`` (webdataset tar shards, e.g. ``shards-{000..099}.tar``)."""
         kind, _, arg = spec.partition(":")
         if kind == "digits" and not arg:
             return cls(kind="digits", **options)
         if kind == "toy" and arg:
             return cls(kind="toy", toy=arg, **options)
-        if kind == "folder" and arg:
-            return cls(kind="folder", path=arg, **options)
+        if kind in PATH_KINDS and arg:
+            return cls(kind=kind, path=arg, **options)  # type: ignore[arg-type]
         raise ValueError(
-            f"cannot read the data spec {spec!r}; use digits, toy:8gaussians, toy:moons, toy:swissroll or folder:PATH"
+            f"cannot read the data spec {spec!r}; use digits, toy:8gaussians, toy:moons, toy:swissroll, folder:PATH, "
+            "zip:PATH, prepared:PATH, hf:PATH or wds:PATTERN"
         )
 
     def spec(self) -> str:
-        """The short spec string (``digits``, ``toy:NAME`` or ``folder:PATH``)."""
-        return {"digits": "digits", "toy": f"toy:{self.toy}", "folder": f"folder:{self.path}"}[self.kind]
+        """The short spec string (``digits``, ``toy:NAME`` or ``KIND:PATH``)."""
+        return {"digits": "digits", "toy": f"toy:{self.toy}"}.get(self.kind, f"{self.kind}:{self.path}")
 
 
 @dataclass
@@ -70,7 +80,9 @@ class TrainConfig:
 
     method: Method = documented("ict", "what to train (see the methods below)")
     data: DataConfig = documented(
-        DataConfig(), "digits | toy:8gaussians | toy:moons | toy:swissroll | folder:PATH", metavar="SPEC")
+        DataConfig(),
+        "digits | toy:8gaussians | toy:moons | toy:swissroll | folder:PATH | zip:PATH | prepared:PATH | hf:PATH | "
+        "wds:PATTERN", metavar="SPEC")
     model: str = documented(
         "auto", "auto | mlp | a UNet preset: tiny, small, base, imagenet64, lsun256 (auto: mlp for 2-D toys, UNet "
         "tiny up to 16 pixels, small above)")

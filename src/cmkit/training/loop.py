@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from ..data import DataSource
+from ..data.loader import StepBatches, StepImageSource
 from . import checkpoint as ckpt
 from . import report
 from .report import CONFIG_FILE
@@ -51,6 +52,7 @@ RESUMABLE_CHANGES = frozenset(
     {
         "save_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "progress", "device", "tau",
         "scheduler_timesteps", "dist_timeout", "ema_snapshot_every",
+        "data.workers",
     }
 )
 #: fields that may change on resumption, e.g. to extend a run or rescue a diverging one; the result then differs
@@ -106,6 +108,7 @@ class Trainer:
         self.losses: list[float] = []
         self.start_step = 0
         self.last_checkpoint: Optional[Path] = None
+        self._batches: Optional[StepBatches] = None  # the prefetching loader while run() streams the steps
 
     def save(self, step: int) -> Path:
         """Checkpoint after ``step`` optimizer steps (main process writes; every process waits)."""
@@ -155,9 +158,8 @@ class Trainer:
         cfg, ctx, device = self.config, self.ctx, self.ctx.device
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        local = cfg.batch_size // ctx.world_size
-        offset = ctx.rank * local
-        x0, labels = self.data.batch(cfg.seed, step, cfg.batch_size, offset, local)
+        offset, local = self._process_slice()
+        x0, labels = self.local_batch(step, offset, local)
         x0 = x0.to(device)
         labels = labels.to(device) if labels is not None else None
         rng = StepRandom(cfg.seed, step, cfg.batch_size, offset, local, device=device)
@@ -192,6 +194,28 @@ class Trainer:
             self.power_ema.update(self.model, step)
         return loss_mean, grad_norm, out.metrics
 
+    def _process_slice(self) -> tuple[int, int]:
+        """This process's ``(offset, local batch)`` in every step's global batch."""
+        local = self.config.batch_size // self.ctx.world_size
+        return self.ctx.rank * local, local
+
+    def local_batch(self, step: int, offset: int, local: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """This process's slice of step ``step``'s global batch: from the prefetching loader while :meth:`run` takes
+        the steps in order, else computed here by ``data.batch`` (the reference; both give the same tensors)."""
+        if self._batches is not None and self._batches.next_step == step:
+            return next(self._batches)
+        return self.data.batch(self.config.seed, step, self.config.batch_size, offset, local)
+
+    def _open_loader(self) -> Optional[StepBatches]:
+        """The loader of the steps left, for data that prefetch in background processes (else None)."""
+        cfg = self.config
+        if not isinstance(self.data, StepImageSource) or self.start_step >= cfg.steps:
+            return None
+        offset, local = self._process_slice()
+        return self.data.loader(
+            cfg.seed, self.start_step, cfg.steps, cfg.batch_size, offset, local, workers=cfg.data.workers, device=self.ctx.device
+        )
+
     def run(self) -> Path:
         """Train from ``start_step`` to ``config.steps``; export and return the output directory.
 
@@ -210,6 +234,7 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.start_step, desc=f"cmkit train {cfg.method}", file=sys.stderr, dynamic_ncols=True)
         t_start, train_seconds, done, stop = time.perf_counter(), 0.0, 0, StopSignals()
         try:
+            self._batches = self._open_loader()
             stop.install()
             for step in range(self.start_step, cfg.steps):
                 t0 = time.perf_counter()
@@ -228,6 +253,8 @@ class Trainer:
                 if (k % cfg.log_every == 0 or k == cfg.steps) and ctx.is_main:
                     # the objective's metrics are this process's own; "loss" is the mean over processes
                     entry = {"step": k, **metrics, "loss": loss, "lr": learning_rate(cfg, step), "grad_norm": grad_norm, "samples_per_s": rate}
+                    if isinstance(self.data, StepImageSource):  # records replaced so far (those this process met)
+                        entry["unreadable_images"] = self.data.num_unreadable
                     append_metrics(self.output_dir / METRICS_FILE, [entry])
                 if self.power_ema is not None and cfg.ema_snapshot_every and (k % cfg.ema_snapshot_every == 0 or k == cfg.steps):
                     write_snapshots(self.power_ema, self.output_dir, k, cfg.batch_size)
@@ -240,6 +267,9 @@ class Trainer:
                     self.save_samples(k)
         finally:
             stop.restore()
+            if self._batches is not None:
+                self._batches.close()
+                self._batches = None
             if bar is not None:
                 bar.close()
             if ctx.is_main and self.losses:
@@ -308,8 +338,16 @@ class Trainer:
         )
 
 
+def _fields(config: TrainConfig) -> dict:
+    """The config's fields, the data's as ``data.NAME``."""
+    d = config.to_dict()
+    data = d.pop("data")
+    return {**d, **{f"data.{k}": v for k, v in data.items()}}
+
+
 def _check_resumable(saved: TrainConfig, new: TrainConfig) -> None:
-    changed = [k for k, v in new.to_dict().items() if saved.to_dict().get(k) != v]
+    old_fields = _fields(saved)
+    changed = [k for k, v in _fields(new).items() if old_fields.get(k) != v]
     fixed = [k for k in changed if k not in RESUMABLE_CHANGES | RECOVERY_CHANGES]
     rescue = [k for k in changed if k in RECOVERY_CHANGES]
     if rescue:
