@@ -29,18 +29,28 @@ from torch import Tensor, nn
 InitMode = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
 
 
-def weight_init(shape: Sequence[int], mode: InitMode, fan_in: int, fan_out: int) -> Tensor:
-    """A tensor drawn as EDM draws weights: Xavier (Glorot & Bengio 2010) or Kaiming (He et al. 2015), variance
-    ``2 / (fan_in + fan_out)`` resp. ``1 / fan_in``, from a uniform or a normal distribution."""
-    if mode == "xavier_uniform":
-        return math.sqrt(6 / (fan_in + fan_out)) * (torch.rand(*shape) * 2 - 1)
-    if mode == "xavier_normal":
-        return math.sqrt(2 / (fan_in + fan_out)) * torch.randn(*shape)
-    if mode == "kaiming_uniform":
-        return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
-    if mode == "kaiming_normal":
-        return math.sqrt(1 / fan_in) * torch.randn(*shape)
-    raise ValueError(f"unknown init mode {mode!r}; use xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal")
+def building_on_meta() -> bool:
+    """Whether modules are being built on the meta device (to count or to load weights): values drawn there are
+    discarded, and drawing them runs torch's Python meta decompositions (seconds on first use)."""
+    return torch.get_default_device().type == "meta"
+
+
+def weight_init(shape: Sequence[int], mode: InitMode, fan_in: int, fan_out: int, gain: float = 1.0) -> Tensor:
+    """A tensor drawn as EDM draws weights, times ``gain``: Xavier (Glorot & Bengio 2010) or Kaiming (He et al.
+    2015), variance ``2 / (fan_in + fan_out)`` resp. ``1 / fan_in``, from a uniform or a normal distribution.
+
+    On the meta device only the shape is made."""
+    variance = {"xavier": 2 / (fan_in + fan_out), "kaiming": 1 / fan_in}.get(mode.split("_")[0])
+    if variance is None or mode.split("_")[-1] not in ("uniform", "normal"):
+        raise ValueError(f"unknown init mode {mode!r}; use xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal")
+    std = gain * math.sqrt(variance)
+    if building_on_meta():
+        return torch.empty(*shape)
+    if std == 0:
+        return torch.zeros(*shape)
+    if mode.endswith("uniform"):
+        return torch.empty(*shape).uniform_(-math.sqrt(3) * std, math.sqrt(3) * std)  # variance bound^2 / 3
+    return torch.empty(*shape).normal_(0.0, std)
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ class Init:
 
     def draw(self, shape: Sequence[int], fan_in: int, fan_out: int, gain: float) -> nn.Parameter:
         """A parameter of ``shape`` drawn with this mode, times ``gain``."""
-        return nn.Parameter(weight_init(shape, self.mode, fan_in, fan_out) * gain)
+        return nn.Parameter(weight_init(shape, self.mode, fan_in, fan_out, gain))
 
 
 class Linear(nn.Module):
@@ -85,8 +95,9 @@ def check_resample_filter(resample_filter: Sequence[float]) -> tuple[float, ...]
 
 def resample_kernel(taps: Sequence[float], device: Optional[torch.device] = None) -> Tensor:
     """The separable 2-d FIR kernel ``f f^T / (sum f)^2`` of 1-d taps ``f``, shaped ``[1, 1, n, n]``."""
-    f = torch.as_tensor(list(taps), dtype=torch.float32, device=device)
-    return torch.outer(f, f)[None, None] / f.sum().square()
+    total = float(sum(taps)) ** 2
+    rows = [[float(a) * float(b) / total for b in taps] for a in taps]
+    return torch.tensor([[rows]], dtype=torch.float32, device=device)
 
 
 def resample_by_two(x: Tensor, kernel: Tensor, mode: Literal["up", "down"], padding: int) -> Tensor:
@@ -272,7 +283,8 @@ class FourierEmbedding(nn.Module):
 
     def __init__(self, num_channels: int, scale: float = 16) -> None:
         super().__init__()
-        self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
+        shape = [num_channels // 2]
+        self.register_buffer("freqs", torch.empty(shape) if building_on_meta() else torch.randn(shape) * scale)
 
     def forward(self, x: Tensor) -> Tensor:
         """Embed a ``[B]`` batch of noise labels as ``[B, num_channels]``."""

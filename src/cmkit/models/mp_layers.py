@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .edm_layers import building_on_meta
+
 
 def normalize(x: Tensor, dim: Optional[Sequence[int]] = None, eps: float = 1e-4) -> Tensor:
     """``x`` scaled to unit mean square over ``dim`` (default: all but the first), with ``eps`` on the norm."""
@@ -58,8 +60,9 @@ class MPFourier(nn.Module):
 
     def __init__(self, num_channels: int, bandwidth: float = 1) -> None:
         super().__init__()
-        self.register_buffer("freqs", 2 * math.pi * torch.randn(num_channels) * bandwidth)
-        self.register_buffer("phases", 2 * math.pi * torch.rand(num_channels))
+        meta = building_on_meta()
+        self.register_buffer("freqs", torch.empty(num_channels) if meta else 2 * math.pi * torch.randn(num_channels) * bandwidth)
+        self.register_buffer("phases", torch.empty(num_channels) if meta else 2 * math.pi * torch.rand(num_channels))
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B]`` -> ``[B, num_channels]``, computed in float32 and returned in ``x``'s dtype."""
