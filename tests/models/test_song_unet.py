@@ -119,6 +119,18 @@ def test_save_and_load_round_trip(tmp_path):
         torch.testing.assert_close(call(back, t, t["class_ids"]), call(net, t, t["class_ids"]), rtol=0, atol=0)
 
 
+def test_a_config_for_another_network_is_refused(tmp_path):
+    net = small()
+    net.save_pretrained(tmp_path / "unet")
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "block_out_channels": [16, 32]}))
+    with pytest.raises(ValueError, match="SongUNet does not take: block_out_channels"):
+        SongUNet.from_pretrained(tmp_path / "unet")
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({**config, "_class_name": "EDM2UNet"}))
+    with pytest.raises(ValueError, match="describes an EDM2UNet, not a SongUNet"):
+        SongUNet.from_pretrained(tmp_path / "unet")
+
+
 def test_a_pipeline_saves_loads_and_samples(tmp_path):
     from cmkit.pipeline_io import read_model_index
 
@@ -152,6 +164,17 @@ def test_activation_floats_count_the_encoder_activations():
 def test_bad_configs_raise(overrides, match):
     with pytest.raises(ValueError, match=match):
         small(**overrides)
+
+
+@pytest.mark.parametrize("cls", ["SongUNet", "DhariwalUNet", "EDM2UNet"])
+def test_a_network_too_large_for_memory_is_refused_before_allocating(cls, monkeypatch):
+    import cmkit.limits
+    from cmkit.models.presets import build_preset
+
+    monkeypatch.setattr(cmkit.limits, "available_memory", lambda device=None: 10**6)  # 1 MB
+    name = {"SongUNet": "ddpmpp", "DhariwalUNet": "adm-imagenet64", "EDM2UNet": "edm2-img64-s"}[cls]
+    with pytest.raises(ValueError, match=rf"a {cls} with model_channels=.*parameters\) would take at least"):
+        build_preset(name)
 
 
 def test_bad_inputs_raise():

@@ -69,6 +69,14 @@ class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
     skip_levels: tuple[tuple[int, int], ...] = ()
     downsample_factor: int = 1
 
+    @classmethod
+    def _handle_unknown_config_keys(cls, unknown: list[str], config: Mapping[str, Any]) -> None:
+        """Unknown keys mean a config for another network: refuse rather than build something different."""
+        raise ValueError(
+            f"config has keys {cls.__name__} does not take: {', '.join(unknown)}. It was probably written for another "
+            f"model class; {cls.__name__} takes {', '.join(cls.config_keys())}"
+        )
+
     def require_fits(self, config: Mapping[str, Any]) -> None:
         """Refuse a config whose parameters cannot fit in memory: count them on a meta-device copy first.
 
