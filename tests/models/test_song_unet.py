@@ -39,8 +39,8 @@ def loaded(name):
 
 def call(net, t, labels=None, augment="fixture"):
     augment_labels = t.get("augment_labels") if augment == "fixture" else augment
-    out = net(t["x"], sigma_to_timestep(t["sigma"]), class_labels=labels, augment_labels=augment_labels, return_dict=False)
-    return out[0]
+    timestep = sigma_to_timestep(t["sigma"])
+    return net(t["x"], timestep, class_labels=labels, augment_labels=augment_labels, return_dict=False)[0]
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -68,7 +68,10 @@ def test_constructor_and_keys_are_edms():
     assert names == list(REFERENCE_SIGNATURE)
     for name, default in REFERENCE_SIGNATURE.items():
         value = params[name].default
-        assert (value is inspect.Parameter.empty) if default is None else (list(value) if isinstance(value, tuple) else value) == default
+        if default is None:
+            assert value is inspect.Parameter.empty
+        else:
+            assert (list(value) if isinstance(value, tuple) else value) == default
     meta, _, state = reference_fixture("song_unet_ncsnpp")
     assert sorted(SongUNet(**meta["network_kwargs"]).state_dict()) == sorted(k[len("model."):] for k in state)
 
@@ -141,7 +144,8 @@ def test_a_pipeline_saves_loads_and_samples(tmp_path):
     back = ConsistencyModelPipeline.from_pretrained(tmp_path / "pipe")
     assert isinstance(back.unet, SongUNet) and back.num_classes == 3 and back.sample_shape == (3, 16, 16)
     back.set_progress_bar_config(disable=True)
-    images = back(batch_size=2, num_inference_steps=1, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    generator = torch.Generator().manual_seed(0)
+    images = back(batch_size=2, num_inference_steps=1, output_type="pt", generator=generator).images
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
 
 

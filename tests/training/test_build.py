@@ -23,7 +23,8 @@ def test_a_scaled_down_ddpmpp_trains_one_step_on_digits_at_16_pixels(tmp_path):
     assert json.loads((out / "model_index.json").read_text())["unet"] == ["cmkit", "SongUNet"]
     pipe = ConsistencyModelPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe(batch_size=2, num_inference_steps=1, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    generator = torch.Generator().manual_seed(0)
+    images = pipe(batch_size=2, num_inference_steps=1, output_type="pt", generator=generator).images
     assert images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
 
 

@@ -87,8 +87,8 @@ class Block(nn.Module):
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """Apply the block to ``x`` given the embedding ``[B, emb_channels]``."""
         if self.resample_mode != "keep":
-            kernel = resample_kernel(self.resample_filter, x.device)
-            x = resample_by_two(x, kernel, self.resample_mode, (len(self.resample_filter) - 1) // 2)  # type: ignore[arg-type]
+            kernel, pad = resample_kernel(self.resample_filter, x.device), (len(self.resample_filter) - 1) // 2
+            x = resample_by_two(x, kernel, self.resample_mode, pad)  # type: ignore[arg-type]
         if self.flavor == "enc":
             if self.conv_skip is not None:
                 x = self.conv_skip(x)

@@ -42,7 +42,9 @@ def weight_init(shape: Sequence[int], mode: InitMode, fan_in: int, fan_out: int,
     On the meta device only the shape is made."""
     variance = {"xavier": 2 / (fan_in + fan_out), "kaiming": 1 / fan_in}.get(mode.split("_")[0])
     if variance is None or mode.split("_")[-1] not in ("uniform", "normal"):
-        raise ValueError(f"unknown init mode {mode!r}; use xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal")
+        raise ValueError(
+            f"unknown init mode {mode!r}; use xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal"
+        )
     std = gain * math.sqrt(variance)
     if building_on_meta():
         return torch.empty(*shape)

@@ -158,7 +158,9 @@ class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
     def _class_vectors(self, class_labels: Optional[Tensor], batch: int, device: torch.device) -> Optional[Tensor]:
         if not self.label_dim:
             if class_labels is not None:
-                raise ValueError(f"class_labels were given but this {type(self).__name__} is unconditional (label_dim=0)")
+                raise ValueError(
+                    f"class_labels were given but this {type(self).__name__} is unconditional (label_dim=0)"
+                )
             return None
         if class_labels is None:
             raise ValueError(

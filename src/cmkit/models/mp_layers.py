@@ -60,9 +60,13 @@ class MPFourier(nn.Module):
 
     def __init__(self, num_channels: int, bandwidth: float = 1) -> None:
         super().__init__()
-        meta = building_on_meta()
-        self.register_buffer("freqs", torch.empty(num_channels) if meta else 2 * math.pi * torch.randn(num_channels) * bandwidth)
-        self.register_buffer("phases", torch.empty(num_channels) if meta else 2 * math.pi * torch.rand(num_channels))
+        if building_on_meta():
+            freqs, phases = torch.empty(num_channels), torch.empty(num_channels)
+        else:
+            freqs = 2 * math.pi * torch.randn(num_channels) * bandwidth
+            phases = 2 * math.pi * torch.rand(num_channels)
+        self.register_buffer("freqs", freqs)
+        self.register_buffer("phases", phases)
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B]`` -> ``[B, num_channels]``, computed in float32 and returned in ``x``'s dtype."""

@@ -161,7 +161,8 @@ def _data_shape(network: type[nn.Module], resolution: int, channels: int, num_cl
                 "num_class_embeds": num_classes or None}  # fmt: skip
     if network is EDM2UNet:
         return {"img_resolution": resolution, "img_channels": channels, "label_dim": num_classes or 0}
-    return {"img_resolution": resolution, "in_channels": channels, "out_channels": channels, "label_dim": num_classes or 0}
+    return {"img_resolution": resolution, "in_channels": channels, "out_channels": channels,
+            "label_dim": num_classes or 0}  # fmt: skip
 
 
 def preset_config(name: str, **overrides: Any) -> tuple[type[nn.Module], dict[str, Any]]:
@@ -173,7 +174,8 @@ def preset_config(name: str, **overrides: Any) -> tuple[type[nn.Module], dict[st
     unknown = sorted(k for k in overrides if k not in allowed)
     if unknown:
         raise ValueError(
-            f"unknown {preset.network.__name__} argument(s) {unknown} for preset {name!r}; valid ones: {sorted(allowed)}"
+            f"unknown {preset.network.__name__} argument(s) {unknown} for preset {name!r}; "
+            f"valid ones: {sorted(allowed)}"
         )
     config = {k: (list(v) if isinstance(v, list) else v) for k, v in preset.config.items()}
     config.update(overrides)

@@ -153,7 +153,8 @@ class SongUNet(EDMNetwork):
                 self._takes_skip.add(name)
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(mult) - 1:
-                    self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True, resample_filter=taps)
+                    aux_up = Conv2d(out_channels, out_channels, 0, up=True, resample_filter=taps)
+                    self.dec[f"{res}x{res}_aux_up"] = aux_up
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3, init=init_zero)
 

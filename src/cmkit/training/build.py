@@ -35,7 +35,8 @@ def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
         return MLPNet(**{"sample_shape": data.sample_shape, "num_class_embeds": num_classes, **options})
     if len(data.sample_shape) != 3:
         raise ValueError(
-            f"model {name!r} is a network for images, but the data are points of shape {data.sample_shape}; use model 'mlp'"
+            f"model {name!r} is a network for images, but the data are points of shape {data.sample_shape}; "
+            "use model 'mlp'"
         )
     from ..models.presets import NETWORK_PRESETS, build_preset_for_data
 
@@ -43,7 +44,9 @@ def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
         raise ValueError(f"unknown model {name!r}; choose 'auto', 'mlp' or a preset: {', '.join(NETWORK_PRESETS)}")
     channels, height, width = data.sample_shape
     if height != width:
-        raise ValueError(f"the network presets need square images, got {height}x{width}; train with a square resolution")
+        raise ValueError(
+            f"the network presets need square images, got {height}x{width}; train with a square resolution"
+        )
     return build_preset_for_data(name, height, channels, num_classes, **options)
 
 
