@@ -2,8 +2,9 @@
 
 EDM re-implements the DDPM++ / NCSN++ UNets of Song et al. (2021, "Score-Based Generative Modeling through
 Stochastic Differential Equations", appendix H) and the ADM UNet of Dhariwal & Nichol (2021) from one set of
-layers. cmkit's :class:`~cmkit.models.song_unet.SongUNet` is built from these, so an EDM snapshot's tensors
-(``weight``, ``bias``, ``resample_filter``, ``freqs``) load under their recorded names:
+layers. cmkit's :class:`~cmkit.models.song_unet.SongUNet` and :class:`~cmkit.models.dhariwal_unet.DhariwalUNet` are
+built from these, so an EDM snapshot's tensors (``weight``, ``bias``, ``resample_filter``, ``freqs``) load under
+their recorded names:
 
 * :class:`Linear` and :class:`Conv2d`: plain layers whose weights are drawn by :func:`weight_init` (EDM's
   initialisers: Xavier / Kaiming, uniform or normal, times a gain). :class:`Conv2d` may resample by 2 with a
@@ -40,8 +41,9 @@ def weight_init(shape: Sequence[int], mode: InitMode, fan_in: int, fan_out: int,
     2015), variance ``2 / (fan_in + fan_out)`` resp. ``1 / fan_in``, from a uniform or a normal distribution.
 
     On the meta device only the shape is made."""
-    variance = {"xavier": 2 / (fan_in + fan_out), "kaiming": 1 / fan_in}.get(mode.split("_")[0])
-    if variance is None or mode.split("_")[-1] not in ("uniform", "normal"):
+    family, _, distribution = mode.partition("_")
+    variance = {"xavier": 2 / (fan_in + fan_out), "kaiming": 1 / fan_in}.get(family)
+    if variance is None or distribution not in ("uniform", "normal"):
         raise ValueError(
             f"unknown init mode {mode!r}; use xavier_uniform, xavier_normal, kaiming_uniform or kaiming_normal"
         )
@@ -50,7 +52,7 @@ def weight_init(shape: Sequence[int], mode: InitMode, fan_in: int, fan_out: int,
         return torch.empty(*shape)
     if std == 0:
         return torch.zeros(*shape)
-    if mode.endswith("uniform"):
+    if distribution == "uniform":
         return torch.empty(*shape).uniform_(-math.sqrt(3) * std, math.sqrt(3) * std)  # variance bound^2 / 3
     return torch.empty(*shape).normal_(0.0, std)
 
