@@ -23,7 +23,8 @@ def output(net, t):
 
 
 def test_the_names():
-    assert set(REFERENCE_NETWORKS) == {"SongUNet", "DhariwalUNet", "edm2.UNet", "EDMPrecond", "edm2.Precond"}
+    assert set(REFERENCE_NETWORKS) == {"SongUNet", "DhariwalUNet", "edm2.UNet", "EDMPrecond", "ECMPrecond",
+                                       "edm2.Precond"}
 
 
 @pytest.mark.parametrize("name", FIXTURES)
@@ -41,6 +42,14 @@ def test_network_by_its_class_name_with_its_own_tensors(name):
 def test_wrapper_by_its_class_name_with_the_wrappers_tensors(name):
     meta, t, state = reference_fixture(name)
     net = REFERENCE_NETWORKS[meta["precond_class"]](**meta["precond_kwargs"])
+    load_reference_state_dict(net, state)
+    assert_reference_parity(output(net, t), t["output"])
+
+
+def test_ects_wrapper_takes_edms_arguments():
+    # locuslab/ect ECMPrecond: EDMPrecond's arguments (sigma_min 0.003 is the wrapper's) around EDM's SongUNet
+    meta, t, state = reference_fixture("song_unet_ddpmpp")
+    net = REFERENCE_NETWORKS["ECMPrecond"](**meta["precond_kwargs"], sigma_min=0.003, sigma_data=0.5)
     load_reference_state_dict(net, state)
     assert_reference_parity(output(net, t), t["output"])
 

@@ -8,11 +8,13 @@ with :data:`REFERENCE_NETWORKS` and loads the tensors with :func:`load_reference
   keys are the reference's, unchanged.
 * ``"edm2.UNet"``: EDM2's ``training/networks_edm2.py`` ``UNet``, whose keyword arguments include its blocks'
   (``dropout``, ``res_balance``, ...).
-* ``"EDMPrecond"``, ``"edm2.Precond"``: the preconditioning wrappers, for a reader that prefers to hand over the
-  wrapper's arguments and tensors (``model.*``; ``unet.*`` plus EDM2's uncertainty head ``logvar_*``, which
-  becomes the network's ``logvar_channels`` head). The wrappers' own arguments (``use_fp16``, ``sigma_min``,
-  ``sigma_max``, ``sigma_data``) do not describe the network and are not used here: ``sigma_data`` belongs in
-  :class:`~cmkit.models.denoiser.Denoiser`, and cmkit's preconditioning equals EDM's for ``sigma_data = 0.5``.
+* ``"EDMPrecond"``, ``"ECMPrecond"`` (ECT's, locuslab/ect), ``"edm2.Precond"``: the preconditioning wrappers,
+  for a reader that prefers to hand over the wrapper's arguments and tensors (``model.*``; ``unet.*`` plus EDM2's
+  uncertainty head ``logvar_*``, which becomes the network's ``logvar_channels`` head). The wrappers' own
+  arguments (``use_fp16``, ``sigma_min``, ``sigma_max``, ``sigma_data``) do not describe the network and are not
+  used here; they belong in :class:`~cmkit.models.denoiser.Denoiser`: EDM's and EDM2's wrappers are
+  ``Denoiser(net, "edm", sigma_data=sigma_data)``, ECT's ``ECMPrecond`` in evaluation is
+  ``Denoiser(net, "consistency", sigma_min=sigma_min, sigma_data=sigma_data)`` (its ``sigma_min`` is 0.003).
 
 Unknown arguments and unsupported values raise a ``ValueError`` naming them.
 """
@@ -64,8 +66,8 @@ def build_edm2_unet(**kwargs: Any) -> nn.Module:
 def build_edm_precond(
     img_resolution: int, img_channels: int, label_dim: int = 0, model_type: str = "DhariwalUNet", **kwargs: Any
 ) -> nn.Module:
-    """The network inside EDM's ``EDMPrecond(**kwargs)``: ``model_type`` with ``in_channels = out_channels =
-    img_channels``; the wrapper's own arguments are dropped."""
+    """The network inside EDM's ``EDMPrecond(**kwargs)`` (or ECT's ``ECMPrecond``, which has the same arguments):
+    ``model_type`` with ``in_channels = out_channels = img_channels``; the wrapper's own arguments are dropped."""
     builders = {"SongUNet": build_song_unet, "DhariwalUNet": build_dhariwal_unet}
     if model_type not in builders:
         raise ValueError(f"EDMPrecond's model_type {model_type!r} is not one of {sorted(builders)}")
@@ -89,6 +91,7 @@ REFERENCE_NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "DhariwalUNet": build_dhariwal_unet,
     "edm2.UNet": build_edm2_unet,
     "EDMPrecond": build_edm_precond,
+    "ECMPrecond": build_edm_precond,  # ECT's wrapper: EDMPrecond's arguments, consistency scalings
     "edm2.Precond": build_edm2_precond,
 }
 
