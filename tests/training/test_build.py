@@ -33,7 +33,7 @@ def test_unknown_presets_and_point_data_are_refused():
     with pytest.raises(ValueError, match="edm2-img64-s"):
         build_network(TrainConfig(model="ddpm"), digits)
     points = build_data(TrainConfig(data=DataConfig(kind="toy", toy="moons")))
-    with pytest.raises(ValueError, match="network for images"):
+    with pytest.raises(ValueError, match="UNet for images"):
         build_network(TrainConfig(model="ncsnpp"), points)
     assert isinstance(build_network(TrainConfig(model="ncsnpp", model_options={"model_channels": 8, "num_blocks": 1}),
                                     digits), SongUNet)

@@ -35,7 +35,7 @@ def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
         return MLPNet(**{"sample_shape": data.sample_shape, "num_class_embeds": num_classes, **options})
     if len(data.sample_shape) != 3:
         raise ValueError(
-            f"model {name!r} is a network for images, but the data are points of shape {data.sample_shape}; "
+            f"model {name!r} is a UNet for images, but the data are points of shape {data.sample_shape}; "
             "use model 'mlp'"
         )
     from ..models.presets import NETWORK_PRESETS, build_preset_for_data
