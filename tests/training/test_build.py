@@ -12,6 +12,7 @@ from cmkit.training.build import build_data, build_network
 from cmkit.training.config import DataConfig, TrainConfig
 
 
+@pytest.mark.slow  # 8-16 s on 2 shared cores: a whole run (build, one iCT step, samples, export)
 def test_a_scaled_down_ddpmpp_trains_one_step_on_digits_at_16_pixels(tmp_path):
     out = tmp_path / "ddpmpp"
     assert main(["train", "--method", "ict", "--data", "digits", "--resolution", "16", "--model", "ddpmpp",
