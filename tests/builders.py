@@ -129,3 +129,29 @@ def edm_archive(path, n=6, labels=True, compression=None, size=8):
         meta = {"labels": [[name, i % 3] for i, name in enumerate(names)] if labels else None}
         zf.writestr("dataset.json", json.dumps(meta))
     return images
+
+
+#: the reference networks' outputs (tests/fixtures/reference_nets/README.md) and the parity bound the tests use:
+#: max |ours - reference| <= REFERENCE_RTOL * max |reference| in float32.
+REFERENCE_FIXTURES = __import__("pathlib").Path(__file__).resolve().parent / "fixtures" / "reference_nets"
+REFERENCE_RTOL = 1e-5
+
+
+def reference_fixture(name):
+    """``(meta, tensors, state)`` of a reference fixture: its JSON, its tensors, and the wrapper's state dict in
+    float32 (the ``state.`` prefix removed)."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((REFERENCE_FIXTURES / f"{name}.json").read_text())
+    tensors = load_file(str(REFERENCE_FIXTURES / f"{name}.safetensors"))
+    state = {k[len("state."):]: v.float() for k, v in tensors.items() if k.startswith("state.")}
+    return meta, tensors, state
+
+
+def assert_reference_parity(actual, expected, rtol=REFERENCE_RTOL):
+    """``max |actual - expected| <= rtol * max |expected|`` (and the same shape); returns the relative error."""
+    assert actual.shape == expected.shape
+    scale = float(expected.abs().max())
+    error = float((actual.detach().float() - expected).abs().max()) / scale
+    assert scale > 0 and error <= rtol, f"relative error {error:.2e} > {rtol:.0e}"
+    return error

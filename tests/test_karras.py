@@ -84,3 +84,9 @@ def test_add_noise_is_the_forward_process_per_sample_or_shared():
     assert half.dtype == torch.bfloat16
     # renoise is add_noise at the level sqrt(sigma_next^2 - eps^2) (CM Algorithm 1)
     assert torch.equal(karras.renoise(x0, 2.0, z), karras.add_noise(x0, (2.0**2 - 0.002**2) ** 0.5, z))
+
+
+def test_edm_noise_label_is_ln_sigma_over_4_of_the_cmkit_timestep():
+    sigma = torch.tensor([0.002, 0.5, 80.0], dtype=torch.float64)
+    torch.testing.assert_close(karras.edm_noise_label(karras.sigma_to_timestep(sigma)), sigma.log() / 4)  # EDM table 1
+    assert karras.edm_noise_label(250.0) == 0.25

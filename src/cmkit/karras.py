@@ -176,6 +176,16 @@ def timestep_to_sigma(timestep: SigmaLike) -> SigmaLike:
     return math.exp(timestep / 250.0)
 
 
+def edm_noise_label(timestep: SigmaLike) -> SigmaLike:
+    """EDM's network noise input ``c_noise = ln(sigma) / 4`` (EDM table 1, "Ours"; EDM2's ``Precond``) from cmkit's
+    ``timestep = sigma_to_timestep(sigma) = 250 ln sigma``: ``c_noise = timestep / 1000``.
+
+    The EDM / EDM2 networks (``SongUNet``, ``DhariwalUNet``, ``EDM2UNet``) take cmkit's timestep, like every
+    cmkit network, and feed their embeddings this label, so weights trained by the reference code load unchanged.
+    """
+    return timestep / 1000.0
+
+
 def add_noise(x0: Tensor, sigma: SigmaLike, z: Tensor) -> Tensor:
     """The forward (variance-exploding) process ``x_sigma = x0 + sigma z``, ``z ~ N(0, I)`` (EDM eq. 2; CM sec. 2).
 

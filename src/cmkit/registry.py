@@ -20,6 +20,9 @@ COMPONENT_CLASSES: dict[tuple[str, str], Union[str, type]] = {
     ("cmkit", "CMStochasticIterativeScheduler"): "cmkit.schedulers.cm:CMStochasticIterativeScheduler",
     ("cmkit", "TCDScheduler"): "cmkit.schedulers.tcd:TCDScheduler",
     ("cmkit", "MLPNet"): "cmkit.models.mlp:MLPNet",
+    ("cmkit", "SongUNet"): "cmkit.models.song_unet:SongUNet",
+    ("cmkit", "DhariwalUNet"): "cmkit.models.dhariwal_unet:DhariwalUNet",
+    ("cmkit", "EDM2UNet"): "cmkit.models.edm2_unet:EDM2UNet",
 }
 
 #: libraries whose entries we write as-is; anything cmkit-only is written under "cmkit".

@@ -15,7 +15,6 @@ inside the forward pass.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ConfigMixin, register_to_config
+from .conditioning import batch_timesteps
 from .layers import TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
 from .modeling import PretrainedMixin
 from .prepack import conv2d
@@ -211,26 +211,6 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         """Whether activation checkpointing is on (see :meth:`enable_gradient_checkpointing`)."""
         return any(m.gradient_checkpointing for m in self.modules() if isinstance(m, Stage))
 
-    def _timesteps(self, timestep: Union[Tensor, float, int], batch: int, device: torch.device) -> Tensor:
-        """A 1-d tensor of ``batch`` timesteps from a number, a 0-d tensor, or a 1-d tensor of length 1 or ``batch``."""
-        if torch.is_tensor(timestep):
-            if timestep.dtype == torch.float64 and device.type == "mps":
-                timestep = timestep.float()  # MPS has no float64 (the embedding is float32 anyway)
-            t = timestep.to(device)
-            if t.ndim == 0:
-                t = t[None]
-            elif t.ndim != 1 or t.shape[0] not in (1, batch):
-                raise ValueError(
-                    f"timestep has shape {tuple(t.shape)}; pass a number, a 0-d tensor or a 1-d tensor of length "
-                    f"1 or the batch size {batch}"
-                )
-        elif isinstance(timestep, numbers.Real) and not isinstance(timestep, bool):
-            dtype = torch.long if isinstance(timestep, numbers.Integral) else torch.float32
-            t = torch.tensor([timestep], dtype=dtype, device=device)
-        else:
-            raise TypeError(f"timestep must be a number or a tensor, got {type(timestep).__name__}")
-        return t.expand(batch)
-
     def forward(
         self,
         sample: Tensor,
@@ -250,7 +230,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         if self._center_input_sample:
             sample = 2 * sample - 1.0
         param_dtype = self.time_embedding.linear_1.weight.dtype
-        t = self._timesteps(timestep, sample.shape[0], sample.device)
+        t = batch_timesteps(timestep, sample.shape[0], sample.device)
         emb = self.time_embedding(self._project_time(t).to(param_dtype))
         if self.class_embedding is not None:
             if class_labels is None:

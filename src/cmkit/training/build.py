@@ -25,7 +25,7 @@ def build_data(config: TrainConfig) -> DataSource:
 
 
 def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
-    """A fresh network for ``data``: the MLP for points, a UNet preset for images (``model='auto'`` picks)."""
+    """A fresh network for ``data``: the MLP for points, a network preset for images (``model='auto'`` picks)."""
     name = config.model
     if name == "auto":
         name = "mlp" if data.kind == "points" else ("tiny" if max(data.sample_shape[1:]) <= 16 else "small")
@@ -37,17 +37,19 @@ def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
         return MLPNet(**{"sample_shape": data.sample_shape, "num_class_embeds": num_classes, **options})
     if len(data.sample_shape) != 3:
         raise ValueError(
-            f"model {name!r} is a UNet for images, but the data are points of shape {data.sample_shape}; use model 'mlp'"
+            f"model {name!r} is a UNet for images, but the data are points of shape {data.sample_shape}; "
+            "use model 'mlp'"
         )
-    from ..models.presets import UNET_PRESETS, unet_preset
+    from ..models.presets import NETWORK_PRESETS, build_preset_for_data
 
-    if name not in UNET_PRESETS:
-        raise ValueError(f"unknown model {name!r}; choose 'auto', 'mlp' or a UNet preset: {', '.join(UNET_PRESETS)}")
+    if name not in NETWORK_PRESETS:
+        raise ValueError(f"unknown model {name!r}; choose 'auto', 'mlp' or a preset: {', '.join(NETWORK_PRESETS)}")
     channels, height, width = data.sample_shape
     if height != width:
-        raise ValueError(f"the UNet presets need square images, got {height}x{width}; train with a square resolution")
-    shape = {"sample_size": height, "in_channels": channels, "out_channels": channels, "num_class_embeds": num_classes}
-    return unet_preset(name, **{**shape, **options})
+        raise ValueError(
+            f"the network presets need square images, got {height}x{width}; train with a square resolution"
+        )
+    return build_preset_for_data(name, height, channels, num_classes, **options)
 
 
 def load_denoiser(path: str | os.PathLike) -> Denoiser:

@@ -84,8 +84,9 @@ class TrainConfig:
         "digits | toy:8gaussians | toy:moons | toy:swissroll | folder:PATH | zip:PATH | prepared:PATH | hf:PATH | "
         "wds:PATTERN", metavar="SPEC")
     model: str = documented(
-        "auto", "auto | mlp | a UNet preset: tiny, small, base, imagenet64, lsun256 (auto: mlp for 2-D toys, UNet "
-        "tiny up to 16 pixels, small above)")
+        "auto", "auto | mlp | a network preset: UNet2DModel tiny, small, base, imagenet64, lsun256; EDM ddpmpp, "
+        "ncsnpp, adm-imagenet64; EDM2 edm2-img64-s|m|l|xl (auto: mlp for 2-D toys, UNet tiny up to 16 pixels, "
+        "small above; image size and classes come from the data)")
     model_options: dict[str, Any] = documented(
         {}, "network constructor override, repeatable (e.g. width=64, dropout=0.1)", flag="--model-option")
     teacher: Optional[str] = documented(
