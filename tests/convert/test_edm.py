@@ -216,3 +216,26 @@ def test_cli_converts_a_snapshot_and_refuses_openai_options_and_unsafe_files(tmp
     torch.save(mlp.state_dict(), tmp_path / "openai.pt")
     assert main(["convert", "--checkpoint", str(tmp_path / "openai.pt"), "--out", str(tmp_path / "p4")]) == 1
     assert "--scheduler is required for an OpenAI checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["song_unet_ddpmpp", "song_unet_ncsnpp"])
+def test_snapshot_of_a_real_edm_network_reproduces_edms_denoiser(tmp_path, name):
+    """A snapshot pickled in EDM's format around cmkit's own SongUNet (loaded with the reference fixture's weights)
+    reads back, through the restricted unpickler and ``REFERENCE_NETWORKS``, into a Denoiser that reproduces the
+    output EDM's own EDMPrecond computed for the fixture."""
+    from builders import assert_reference_parity, reference_fixture
+    from cmkit.models.reference_nets import load_reference_state_dict
+    from cmkit.models.song_unet import SongUNet
+
+    meta, tensors, state = reference_fixture(name)
+    inner = SongUNet(**meta["network_kwargs"])
+    load_reference_state_dict(inner, state)
+    kwargs = meta["network_kwargs"]
+    data = edm_snapshot_data(inner, inner_kwargs=kwargs, label_dim=kwargs["label_dim"])
+    path = tmp_path / "network-snapshot.pkl"
+    write_pickle(path, data)
+    denoiser = load_edm_denoiser(path)
+    assert type(denoiser.net).__name__ == "SongUNet" and denoiser.parameterization == "edm"
+    with torch.no_grad():
+        out = denoiser(tensors["x"], tensors["sigma"], tensors["class_ids"])
+    assert_reference_parity(out, tensors["denoised"])
