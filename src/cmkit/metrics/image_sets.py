@@ -122,8 +122,9 @@ def open_image_set(source: PathLike) -> ImageSet:
     if path.is_dir():
         from ..data.folder import scan_image_folder
 
-        files, _, _ = scan_image_folder(path, class_labels=False)
-        files = sorted(files, key=lambda f: f.relative_to(path).as_posix())  # EDM's order: by relative path
+        relative, _, _ = scan_image_folder(path, class_labels=False)  # paths relative to the folder, as bytes
+        names = sorted(os.fsdecode(name).replace(os.sep, "/") for name in relative.tolist())  # EDM's order
+        files = [path / name for name in names]
         return ImageSet(path=path, num_images=len(files), files=tuple(files))
     if path.suffix.lower() != ".npz":
         if not path.exists():
