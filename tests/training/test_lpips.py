@@ -3,6 +3,7 @@ CD step with loss=lpips. Weights are hashed (tests/lpips_fixture.py); inputs are
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -64,13 +65,14 @@ def test_matches_the_lpips_package_on_the_stored_fixture(model):
 
 
 def test_loads_torchvision_vgg16_plus_the_head_file(state, model, tmp_path):
-    backbone = {k.replace(f"net.slice{p}.", "features."): v for k, v in state.items() for p in range(1, 6) if k.startswith(f"net.slice{p}.")}
+    backbone = {re.sub(r"^net\.slice\d\.", "features.", k): v for k, v in state.items() if k.startswith("net.")}
     backbone["classifier.0.weight"] = torch.zeros(4, 3)  # torchvision's fully connected layers are ignored
     heads = {k: v for k, v in state.items() if k.startswith("lin")}
     save_file(backbone, str(tmp_path / "vgg16.safetensors"))
     torch.save(heads, tmp_path / "vgg.pth")
     # as `--option 'lpips_weights=["vgg16.safetensors", "vgg.pth"]'` passes them: a JSON list of strings
-    two = make_distance("lpips", lpips_weights=[str(tmp_path / "vgg16.safetensors"), str(tmp_path / "vgg.pth")], lpips_resize=16)
+    files = [str(tmp_path / "vgg16.safetensors"), str(tmp_path / "vgg.pth")]
+    two = make_distance("lpips", lpips_weights=files, lpips_resize=16)
     x, y = hashed_images((2, 3, 16, 16), 5), hashed_images((2, 3, 16, 16), 6)
     with torch.no_grad():
         torch.testing.assert_close(two(x, y), model(x, y), rtol=0, atol=0)

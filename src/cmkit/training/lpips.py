@@ -237,7 +237,10 @@ def load_lpips_vgg16(paths: PathLike | Sequence[PathLike], device: str | torch.d
     for path in files:
         for key, value in load_state_dict(path).items():
             if key in merged and not torch.equal(merged[key], value):
-                raise ValueError(f"key {key} appears in more than one of the LPIPS files {[str(f) for f in files]} with different values")
+                raise ValueError(
+                    f"key {key} appears in more than one of the LPIPS files {[str(f) for f in files]} with different "
+                    "values; pass one lpips state dict, or a torchvision vgg16 file and lpips' head file"
+                )
             merged[key] = value
     module = LPIPSVGG16()
     module.load_lpips_state_dict(merged, source=" + ".join(str(f) for f in files))
