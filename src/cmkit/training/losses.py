@@ -6,9 +6,9 @@ Every distance maps two batches ``[B, ...]`` to a ``[B]`` tensor; objectives wei
 * ``l1``: mean of ``|x - y|``.
 * ``pseudo_huber``: ``sqrt(||x - y||_2^2 + c^2) - c`` on the *whole sample's* Euclidean norm, with
   ``c = 0.00054 sqrt(d)`` and ``d = C*H*W`` (iCT, Song & Dhariwal 2023, sec. 3.3). It is not applied per entry.
-* ``lpips``: the LPIPS distance (Zhang et al. 2018) on images upsampled to 224x224 (as OpenAI's CD does).
-  It needs the ``lpips`` package (``pip install cmkit[lpips]``) and a local weight file, since nothing can
-  be downloaded at training time.
+* ``lpips``: the LPIPS-VGG distance (Zhang et al. 2018; cmkit's own, :mod:`cmkit.training.lpips`) on images
+  upsampled to 224x224 (as OpenAI's CD does). It needs a local weight file, since nothing can be downloaded at
+  training time, and neither torchvision nor the ``lpips`` package.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .._validate import require_int
+from .lpips import MIN_INPUT_SIZE, PathLike, load_lpips_vgg16
 
 LossName = Literal["l2", "l1", "pseudo_huber", "lpips"]
 Distance = Callable[[Tensor, Tensor], Tensor]
@@ -67,43 +70,30 @@ def pseudo_huber_distance(x: Tensor, y: Tensor, c: Optional[float] = None) -> Te
 
 
 class LPIPSDistance(nn.Module):
-    """LPIPS from the ``lpips`` package, loaded from a local state dict (no download), on 224x224 inputs.
+    """LPIPS-VGG (:class:`cmkit.training.lpips.LPIPSVGG16`) from local weight files (no download), on inputs resized
+    to ``resize`` x ``resize`` (224, as OpenAI's CD).
 
-    ``weights_path`` holds the full ``lpips.LPIPS(net=net).state_dict()`` (backbone and linear heads), e.g.
+    ``weights_path`` holds the full ``lpips.LPIPS(net='vgg').state_dict()`` (backbone and linear heads), e.g.
     written on a machine with internet by
-    ``python -c "import lpips, torch; torch.save(lpips.LPIPS(net='vgg').state_dict(), 'lpips_vgg.pt')"``.
-    Inputs are images in [-1, 1]; one-channel images are repeated to three channels.
+    ``python -c "import lpips, torch; torch.save(lpips.LPIPS(net='vgg').state_dict(), 'lpips_vgg.pt')"``;
+    or it is a pair of files: a torchvision ``vgg16`` state dict and lpips' linear-head file ``weights/v0.1/vgg.pth``.
+    Inputs are images in [-1, 1]; one-channel images are repeated to three channels; sizes other than ``resize``
+    are resized bilinearly.
     """
 
-    def __init__(self, weights_path: str | os.PathLike, net: Literal["vgg", "alex", "squeeze"] = "vgg", resize: int = 224):
+    def __init__(self, weights_path: PathLike | Sequence[PathLike], resize: int = 224):
         super().__init__()
-        path = Path(weights_path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"LPIPS weights not found at {path}. LPIPS needs backbone weights that cannot be downloaded "
-                "during training: on a machine with internet run `python -c \"import lpips, torch; "
-                f"torch.save(lpips.LPIPS(net='{net}').state_dict(), 'lpips_{net}.pt')\"` and pass that file "
-                "as the LPIPS weights path (lpips_weights=...)."
-            )
-        try:
-            import lpips  # noqa: PLC0415 - optional extra, imported lazily
-        except ImportError as err:
-            raise ImportError(
-                "the 'lpips' loss needs the lpips package: pip install 'cmkit[lpips]' (or use loss='pseudo_huber')"
-            ) from err
-        from ..io.weights import load_state_dict
-
-        module = lpips.LPIPS(pretrained=False, net=net, pnet_rand=True, verbose=False)
-        state = load_state_dict(path)
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path} is not an LPIPS-{net} state dict (missing {len(missing)} keys, e.g. {missing[:3]}; "
-                f"unexpected {len(unexpected)}, e.g. {unexpected[:3]}); save lpips.LPIPS(net='{net}').state_dict()"
-            )
-        module.eval().requires_grad_(False)
-        self.lpips = module
-        self.resize = int(resize)
+        paths = [weights_path] if isinstance(weights_path, (str, os.PathLike)) else list(weights_path)
+        for path in (Path(p).expanduser() for p in paths):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"LPIPS weights not found at {path}. LPIPS needs backbone weights that cannot be downloaded "
+                    "during training: on a machine with internet run `python -c \"import lpips, torch; "
+                    "torch.save(lpips.LPIPS(net='vgg').state_dict(), 'lpips_vgg.pt')\"` and pass that file "
+                    "as the LPIPS weights path (lpips_weights=...)."
+                )
+        self.resize = require_int("lpips_resize", resize, MIN_INPUT_SIZE, " (VGG-16 pools four times before relu5_3)")
+        self.lpips = load_lpips_vgg16([Path(p).expanduser() for p in paths])
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """Per-sample LPIPS distance, shape ``[B]``."""
@@ -116,16 +106,18 @@ class LPIPSDistance(nn.Module):
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
             y = F.interpolate(y, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         self.lpips.to(x.device)
-        return self.lpips(x, y).flatten(1).mean(dim=1)
+        return self.lpips(x, y)
 
 
 def make_distance(
     name: LossName,
     *,
     huber_c: Optional[float] = None,
-    lpips_weights: Optional[str | os.PathLike] = None,
+    lpips_weights: Optional[PathLike | Sequence[PathLike]] = None,
+    lpips_resize: int = 224,
 ) -> Distance:
-    """The per-sample distance called ``name``; ``lpips`` requires ``lpips_weights`` (a local file)."""
+    """The per-sample distance called ``name``; ``lpips`` requires ``lpips_weights`` (a local file, or a torchvision
+    ``vgg16`` file and lpips' head file) and resizes images to ``lpips_resize`` (224 as OpenAI's CD)."""
     if name == "l2":
         return l2_distance
     if name == "l1":
@@ -138,5 +130,5 @@ def make_distance(
                 "loss='lpips' needs lpips_weights=PATH to a saved lpips.LPIPS state dict (weights cannot be "
                 "downloaded here); or choose loss='l2' / 'pseudo_huber'"
             )
-        return LPIPSDistance(lpips_weights)
+        return LPIPSDistance(lpips_weights, resize=lpips_resize)
     raise ValueError(f"loss must be one of 'l2', 'l1', 'pseudo_huber', 'lpips', got {name!r}")

@@ -38,6 +38,7 @@ class CDOptions:
     loss: LossName = documented("l2", "distance d: l2, pseudo_huber or lpips")
     huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
     lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
+    lpips_resize: int = documented(224, "side images are resized to for loss=lpips (224: OpenAI's CD)")
     init_from_teacher: bool = documented(True, "start from the teacher's weights")
     student_dropout: Optional[float] = documented(0.0, "dropout of the student (None: keep the network's)")
     sigma_min: float = documented(SIGMA_MIN, "smallest sigma of the grid")
@@ -69,7 +70,9 @@ class CDObjective(TargetObjective):
         self.model = model
         self.teacher = teacher.eval().requires_grad_(False)
         self.target: Optional[nn.Module] = frozen_copy(model) if o.target_ema > 0 else None
-        self.distance = make_distance(o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights)
+        self.distance = make_distance(
+            o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights, lpips_resize=o.lpips_resize
+        )
         self.sigmas = training_grid(o.num_scales, o.sigma_min, o.sigma_max, o.rho)
         self._solver = heun_step if o.solver == "heun" else euler_step
 

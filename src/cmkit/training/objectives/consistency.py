@@ -30,6 +30,7 @@ class CurriculumOptions:
     loss: LossName = documented("l2", "distance d: l2, pseudo_huber or lpips")
     huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
     lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
+    lpips_resize: int = documented(224, "side images are resized to for loss=lpips (224: OpenAI's CD)")
     sigma_min: float = documented(SIGMA_MIN, "smallest sigma of the grid")
     sigma_max: float = documented(SIGMA_MAX, "largest sigma of the grid")
     rho: float = documented(RHO, "Karras grid exponent")

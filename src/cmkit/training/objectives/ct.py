@@ -45,7 +45,9 @@ class CTObjective(TargetObjective):
         self.options = o = options
         self.model = model
         self.target = frozen_copy(model)
-        self.distance = make_distance(o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights)
+        self.distance = make_distance(
+            o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights, lpips_resize=o.lpips_resize
+        )
         self._grids: dict[int, Tensor] = {}
 
     def num_scales(self, step: int) -> int:

@@ -38,6 +38,7 @@ class ECTOptions:
     loss: LossName = documented("pseudo_huber", "distance d: l2, pseudo_huber or lpips")
     huber_c: Optional[float] = documented(None, "pseudo-Huber c (None: 0.00054 sqrt(d))")
     lpips_weights: Optional[str] = documented(None, "LPIPS weights file for loss=lpips")
+    lpips_resize: int = documented(224, "side images are resized to for loss=lpips (224: OpenAI's CD)")
     init_from_teacher: bool = documented(True, "start from the teacher's weights")
     sigma_min: float = documented(SIGMA_MIN, "smallest t")
     sigma_max: float = documented(SIGMA_MAX, "largest t")
@@ -60,7 +61,9 @@ class ECTObjective(BaseObjective):
                 raise ValueError("ECT starts from a diffusion model: pass teacher=<EDM Denoiser> or init_from_teacher=False")
             copy_teacher_weights_(model, teacher)
         self.model = model
-        self.distance = make_distance(o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights)
+        self.distance = make_distance(
+            o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights, lpips_resize=o.lpips_resize
+        )
 
     def stage(self, step: int) -> int:
         """The mapping-function stage at ``step``."""

@@ -47,7 +47,9 @@ class ICTObjective(BaseObjective):
     def __init__(self, model: nn.Module, options: ICTOptions, teacher: Optional[nn.Module] = None) -> None:
         self.options = o = options
         self.model = model
-        self.distance = make_distance(o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights)
+        self.distance = make_distance(
+            o.loss, huber_c=o.huber_c, lpips_weights=o.lpips_weights, lpips_resize=o.lpips_resize
+        )
         self._cache: dict[int, tuple[Tensor, Tensor]] = {}
 
     def num_scales(self, step: int) -> int:
