@@ -204,7 +204,8 @@ def test_generated_flags_parse_like_the_hand_written_ones(capsys):
     assert main(args) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["data"] == {"kind": "folder", "toy": None, "path": "/x", "resolution": 16, "resize": "crop", "flip": False,
-                           "channels": 1, "class_labels": False, "workers": 2}
+                           "channels": 1, "class_labels": False, "image_column": None, "label_column": None,
+                           "split": None, "workers": 2}
     assert cfg["grad_clip"] is None and cfg["ema_rates"] == [0.9, 0.99] and cfg["ema_warmup"] is False
     assert cfg["progress"] is False and cfg["dist_timeout"] == 60.0 and cfg["output_dir"] == "o"
     assert cfg["objective_options"] == {"loss": "l2"} and cfg["model_options"] == {"width": 8}

@@ -221,7 +221,16 @@ def test_hf_spec_trains_through_the_streaming_loader(tmp_path):
     out = tmp_path / "run"
     code = main(["train", "--method", "edm", "--data", f"hf:{tmp_path / 'ds'}", "--resolution", "8", "--resize", "stretch",
                  "--model", "tiny", "--steps", "2", "--batch-size", "4", "--workers", "0", "--num-samples", "4",
+                 "--image-column", "image", "--label-column", "label",
                  "--output", str(out), "--no-progress"])
     assert code == 0
     info = json.loads((out / "train_config.json").read_text())
     assert info["data"]["kind"] == "hf" and (out / "model_index.json").is_file()
+
+
+def test_hf_column_options_are_refused_for_other_data():
+    from cmkit.training.config import DataConfig
+
+    with pytest.raises(ValueError, match="--image-column, --split apply to hf:PATH data only"):
+        DataConfig.parse("folder:/x", image_column="img", split="test")
+    assert DataConfig.parse("hf:/x", image_column="img", split="test").spec() == "hf:/x"

@@ -13,7 +13,7 @@ def test_config_json_round_trip(tmp_path):
     assert again == cfg
     assert json.loads(path.read_text())["data"] == {
         "kind": "toy", "toy": "8gaussians", "path": None, "resolution": None, "resize": "crop", "flip": False,
-        "channels": None, "class_labels": None, "workers": 2,
+        "channels": None, "class_labels": None, "image_column": None, "label_column": None, "split": None, "workers": 2,
     }
 
 

@@ -15,9 +15,14 @@ DataKind = Literal["digits", "toy", "folder", "zip", "prepared", "hf", "wds"]
 PATH_KINDS = ("folder", "zip", "prepared", "hf", "wds")
 
 
-def open_records(kind: str, path: str, class_labels: Optional[bool] = None) -> "ImageRecords":
+def open_records(
+    kind: str, path: str, class_labels: Optional[bool] = None, **hf_options: Optional[str]
+) -> "ImageRecords":
     """The image records at ``path`` (decoded on demand): a ``folder``, an EDM ``zip`` archive, a Hugging Face
-    data set saved locally (``hf``: a ``save_to_disk`` folder or parquet files) or webdataset tar shards (``wds``)."""
+    data set saved locally (``hf``: a ``save_to_disk`` folder or parquet files; ``hf_options``: ``image_column``,
+    ``label_column``, ``split``) or webdataset tar shards (``wds``)."""
+    if kind != "hf" and any(v is not None for v in hf_options.values()):
+        raise ValueError(f"{', '.join(sorted(hf_options))} apply to hf: data only, not {kind}:")
     if kind == "folder":
         from .folder import FolderRecords
 
@@ -29,7 +34,7 @@ def open_records(kind: str, path: str, class_labels: Optional[bool] = None) -> "
     if kind == "hf":
         from .hf import build_hf_records
 
-        return build_hf_records(path, class_labels=class_labels)
+        return build_hf_records(path, class_labels=class_labels, **hf_options)
     if kind == "wds":
         from .wds import build_wds_records
 
@@ -47,6 +52,9 @@ def build_dataset(
     flip: bool = False,
     channels: Optional[Literal[1, 3]] = None,
     class_labels: Optional[bool] = None,
+    image_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+    split: Optional[str] = None,
 ) -> DataSource:
     """A training :class:`DataSource`: ``digits`` (8x8, upsampled to ``resolution``), a 2-D ``toy``, or images read
     from ``path`` as they are needed: a ``folder``, an EDM ``zip`` archive, or ``prepared`` data.
@@ -84,6 +92,7 @@ def build_dataset(
             return PreparedSource(path, flip=flip, class_labels=class_labels, resolution=resolution, channels=channels)
         from .indexed import IndexedImageSource
 
-        records = open_records(kind, path, class_labels)
+        hf_options = {"image_column": image_column, "label_column": label_column, "split": split} if kind == "hf" else {}
+        records = open_records(kind, path, class_labels, **hf_options)
         return IndexedImageSource(records, resolution, resize, channels or 3, flip, class_labels, name=f"{kind}:{path}")
     raise ValueError(f"data kind must be 'digits', 'toy', 'folder', 'zip', 'prepared', 'hf' or 'wds', got {kind!r}")

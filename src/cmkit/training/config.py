@@ -31,11 +31,13 @@ Device = Literal["auto", "cpu", "cuda"]
 
 @dataclass
 class DataConfig:
-    """Which data to train on: the embedded ``digits``, a 2-D ``toy`` set, or images (``folder``, ``zip``, ``prepared``)."""
+    """Which data to train on: the embedded ``digits``, a 2-D ``toy`` set, or images (``folder``, ``zip``, ``prepared``,
+    ``hf``, ``wds``)."""
 
     kind: DataKind = documented("digits", "set by --data", cli=False)
     toy: Optional[str] = documented(None, "set by --data toy:NAME", cli=False)
-    path: Optional[str] = documented(None, "set by --data folder:PATH, zip:PATH, prepared:PATH, hf:PATH or wds:PATTERN", cli=False)
+    path: Optional[str] = documented(
+        None, "set by --data folder:PATH, zip:PATH, prepared:PATH, hf:PATH or wds:PATTERN", cli=False)
     resolution: Optional[int] = documented(
         None, "image size in pixels (digits: a multiple of 8; folder, zip: required unless --resize none; prepared: "
         "as prepared)")
@@ -45,12 +47,20 @@ class DataConfig:
         None, "images: 1 (grayscale) or 3 (RGB; None means 3); the digits are grayscale, toys are points")
     class_labels: Optional[bool] = documented(
         None, "use class labels (digits classes, folder sub-folders); None: when the data have them")
+    image_column: Optional[str] = documented(
+        None, "hf: the image column (None: the Image feature, else 'image' or 'img')")
+    label_column: Optional[str] = documented(
+        None, "hf: the class-label column (None: the ClassLabel feature, else 'label' or 'labels')")
+    split: Optional[str] = documented(None, "hf: the split of a DatasetDict or parquet folder (None: train)")
     workers: int = documented(
-        2, "image data (folder, zip, prepared): background processes that decode and prefetch batches (0: none, "
+        2, "image data (folder, zip, prepared, hf, wds): background processes that decode and prefetch batches (0: none, "
         "read in the training process); does not change the batches")
 
     def __post_init__(self) -> None:
         require_int("workers", self.workers, 0, " (background data processes; 0 reads in the training process)", 256)
+        hf_only = [f"--{name.replace('_', '-')}" for name in ("image_column", "label_column", "split") if getattr(self, name)]
+        if hf_only and self.kind != "hf":
+            raise ValueError(f"{', '.join(hf_only)} apply to hf:PATH data only; drop them for {self.kind} data")
 
     @classmethod
     def parse(cls, spec: str, **options: Any) -> "DataConfig":
