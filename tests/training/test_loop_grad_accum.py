@@ -19,7 +19,7 @@ from cmkit.training.config import DataConfig, TrainConfig
 from cmkit.training.distributed import DistContext
 from cmkit.training.loop import Trainer, _check_resumable
 from cmkit.training.objectives import build_objective
-from builders import toy_config
+from builders import HookedObjective, toy_config
 
 RTOL = 1e-5
 BATCH = 16
@@ -44,6 +44,18 @@ def make_objective(method):
     if method == "ect":
         options = {"init_from_teacher": False}
     return build_objective(method, Denoiser(net(0), "edm" if method == "edm" else "consistency"), teacher, **options)
+
+
+class Recording(HookedObjective):
+    """``inner``, calling ``record(x0, rng)`` first on every call."""
+
+    def __init__(self, inner, record):
+        super().__init__(inner, at=None, hook=None)
+        self.record = record
+
+    def __call__(self, x0, class_labels, step, rng):
+        self.record(x0, rng)
+        return self.inner(x0, class_labels, step, rng)
 
 
 def step_with_gradients(trainer, step):
@@ -92,15 +104,12 @@ def test_micro_batches_draw_the_noise_of_the_unsplit_batch(tmp_path):
     """Each micro-batch's StepRandom is its own slice of the global draw: the noises of K parts concatenate to one."""
     seen = {}
     for k in (1, 4):
-        objective = make_objective("ict")
-        inner = objective.__class__.__call__
         draws = []
 
-        def record(self, x0, labels, step, rng, inner=inner, draws=draws):
+        def record(x0, rng, draws=draws):
             draws.append((x0.clone(), rng.randn(2)))
-            return inner(self, x0, labels, step, rng)
 
-        objective.__class__ = type("Recording", (objective.__class__,), {"__call__": record})
+        objective = Recording(make_objective("ict"), record)
         cfg = toy_config(tmp_path, method="ict", batch_size=BATCH, grad_accum=k, output_dir=str(tmp_path / f"k{k}"))
         Trainer(cfg, objective, data()).step(3)
         assert len(draws) == k and all(x.shape[0] == BATCH // k for x, _ in draws)

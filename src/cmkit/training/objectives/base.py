@@ -61,7 +61,7 @@ class BaseObjective:
 
     @property
     def online(self) -> nn.Module:
-        """The module to call for the pass with gradients (``f_theta``): ``model``, or the wrapper from :meth:`set_online`.
+        """The module for the pass with gradients (``f_theta``): ``model``, or the wrapper from :meth:`set_online`.
 
         Under torchrun the loop sets its ``DistributedDataParallel`` wrapper of ``model`` here, so the backward pass
         averages gradients over processes while it runs. Call it once per loss; passes without gradients (targets,
