@@ -2,6 +2,7 @@
 on the path)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -155,3 +156,17 @@ def assert_reference_parity(actual, expected, rtol=REFERENCE_RTOL):
     error = float((actual.detach().float() - expected).abs().max()) / scale
     assert scale > 0 and error <= rtol, f"relative error {error:.2e} > {rtol:.0e}"
     return error
+
+
+def torchrun_env():
+    """The environment for a ``torchrun`` child: this checkout's ``src`` and ``tests`` first on the path, one intra-op
+    thread per process (the workers share the cores), and none of the rendezvous variables of an enclosing job."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    paths = [str(root / "src"), str(root / "tests")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(paths))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "LOCAL_WORLD_SIZE"):
+        env.pop(key, None)
+    return env

@@ -177,6 +177,13 @@ def test_dist_timeout_flag(tmp_path, capsys):
     assert "dist_timeout must be a positive number of seconds" in capsys.readouterr().err
 
 
+def test_grad_accum_flag(tmp_path, capsys):
+    assert main(["train", "--grad-accum", "4", "--output", str(tmp_path), "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["grad_accum"] == 4
+    assert main(["train", "--grad-accum", "3", "--batch-size", "64", "--output", str(tmp_path), "--print-config"]) == 1
+    assert "grad_accum 3 must divide batch_size 64" in capsys.readouterr().err
+
+
 def test_flags_are_generated_from_the_config_fields(capsys):
     import dataclasses
 

@@ -56,8 +56,10 @@ def make_cd(seed):
     [
         (make_edm, dict(method="edm", lr_schedule="cosine", warmup_steps=3, precision="fp32")),
         (make_cd, dict(method="cd", teacher="unused-by-Trainer", optimizer="adam", grad_clip=0.05)),
+        (make_cd, dict(method="cd", teacher="unused-by-Trainer", grad_accum=2)),
+        (make_edm, dict(method="edm", grad_accum=4)),
     ],
-    ids=["edm-dropout-cosine", "cd-target-ema-clip"],
+    ids=["edm-dropout-cosine", "cd-target-ema-clip", "cd-grad-accum-2", "edm-dropout-grad-accum-4"],
 )
 def test_resume_is_bit_identical(tmp_path, make, extra):
     def config(name):

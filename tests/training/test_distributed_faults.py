@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cmkit.training import checkpoint as ckpt
+from builders import torchrun_env
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 TIMEOUT_S = 10
 TOY = ["--method", "edm", "--data", "toy:moons", "--steps", "100000", "--batch-size", "8", "--log-every", "1",
        "--save-every", "0", "--num-samples", "8", "--no-progress", "--device", "cpu", "--model-option", "width=16",
@@ -21,9 +21,7 @@ TOY = ["--method", "edm", "--data", "toy:moons", "--steps", "100000", "--batch-s
 
 
 def torchrun(out):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
+    env = torchrun_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "cmkit", "train", *TOY, "--output", str(out)]
     # its own session, so that the finally clause can end torchrun and its workers whatever happened

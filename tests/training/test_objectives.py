@@ -289,3 +289,32 @@ def test_method_registry_is_the_one_method_list():
 def test_ct_target_missing_from_a_checkpoint_is_named():
     with pytest.raises(ValueError, match=r"lacks the CT target network \('target'\); was it saved by a CT run"):
         _build("ct").load_state_dict({})
+
+
+class CountingWrapper(nn.Module):
+    """Stands for the loop's DistributedDataParallel wrapper: counts the calls with and without gradients."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module, self.calls = module, {True: 0, False: 0}
+
+    def forward(self, *args):
+        self.calls[torch.is_grad_enabled()] += 1
+        return self.module(*args)
+
+
+@pytest.mark.parametrize("method", ["edm", "cd", "ct", "ict", "ect"])
+def test_only_the_gradient_pass_goes_through_the_online_wrapper(method):
+    """DDP must see exactly one forward with gradients per loss; target and teacher passes bypass it."""
+    for mu in ([0.0, 0.95] if method == "cd" else [None]):  # CD with mu = 0 uses the online network as its target
+        obj = _build(method, **({"target_ema": mu} if mu is not None else {}))
+        assert obj.online is obj.model
+        wrapper = CountingWrapper(obj.model)
+        obj.set_online(wrapper)
+        assert obj.online is wrapper
+        obj(_x0(), None, 3, StepRandom(0, 3, B)).loss.backward()
+        assert wrapper.calls == {True: 1, False: 0}, (method, mu)
+        obj.set_online(None)
+        assert obj.online is obj.model
+    with pytest.raises(ValueError, match="set_online needs a wrapper of this objective's model"):
+        obj.set_online(CountingWrapper(copy.deepcopy(obj.model)))

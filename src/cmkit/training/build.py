@@ -107,9 +107,9 @@ def build_model(config: TrainConfig, data: DataSource, teacher: Optional[Denoise
 def require_training_fits(config: TrainConfig, data: DataSource, net: nn.Module) -> None:
     """Refuse a run whose weights, optimizer state and one batch's activations cannot fit the training device.
 
-    A lower bound: float32 weights, gradients, two Adam moments and one copy per EMA (rate or std), plus this process's
-    share of the batch times the activations the network keeps per sample (``activation_floats``, else twice
-    the sample) for the backward pass.
+    A lower bound: float32 weights, gradients, two Adam moments and one copy per EMA (rate or std), plus one
+    micro-batch (this process's share of the batch over ``grad_accum``) times the activations the network keeps per
+    sample (``activation_floats``, else twice the sample) for the backward pass.
     """
     from ..limits import require_memory
     from .distributed import resolve_device
@@ -120,13 +120,13 @@ def require_training_fits(config: TrainConfig, data: DataSource, net: nn.Module)
     sample_floats = math.prod(data.sample_shape)
     per_sample = int(activation_floats(tuple(data.sample_shape))) if callable(activation_floats) else 2 * sample_floats
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    local_batch = -(-config.batch_size // world)
+    micro_batch = -(-config.batch_size // (world * config.grad_accum))
     device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
     require_memory(
-        4 * (params * copies + local_batch * per_sample),
-        f"training a {params:,}-parameter network with a batch of {local_batch:,} samples of shape "
-        f"{tuple(data.sample_shape)} per process",
-        "lower --batch-size (or the network's size), or train on more processes",
+        4 * (params * copies + micro_batch * per_sample),
+        f"training a {params:,}-parameter network with a batch of {micro_batch:,} samples of shape "
+        f"{tuple(data.sample_shape)} per process and micro-batch",
+        "raise --grad-accum, lower --batch-size (or the network's size), or train on more processes",
         device,
     )
 

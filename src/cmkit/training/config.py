@@ -106,6 +106,9 @@ class TrainConfig:
         {}, "objective option, repeatable (e.g. num_scales=18, loss=pseudo_huber; listed below)", flag="--option")
     steps: int = documented(1000, "optimizer steps")
     batch_size: int = documented(64, "global batch size over all processes")
+    grad_accum: int = documented(
+        1, "gradient accumulation: split each process's batch into K micro-batches, one backward each, then one "
+        "optimizer step (the same update up to float rounding, with K times less activation memory)", metavar="K")
     lr: float = documented(1e-4, "learning rate")
     optimizer: OptimizerName = documented("radam", "optimizer")
     betas: tuple[float, float] = documented((0.9, 0.999), "Adam betas", cli=False)
@@ -157,6 +160,12 @@ class TrainConfig:
         for name, value in positive.items():
             if not is_int(value, allow_float=True) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.grad_accum = require_int("grad_accum", self.grad_accum, 1, " (micro-batches per step; 1: no accumulation)")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"grad_accum {self.grad_accum} must divide batch_size {self.batch_size} (each process's batch is split "
+                "into grad_accum equal micro-batches); choose a divisor, or a batch size that is a multiple of it"
+            )
         for name in ("save_every", "sample_every", "warmup_steps", "keep_checkpoints"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")

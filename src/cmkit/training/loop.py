@@ -5,10 +5,13 @@ directory; :class:`Trainer` runs a loop around an objective you built yourself. 
 the objective's math (that is :mod:`cmkit.training.objectives`): per step it
 
 1. takes this process's slice of the global batch of step ``k`` (a function of ``(seed, k)``),
-2. builds the step's :class:`~cmkit.streams.StepRandom` and reseeds the global RNG from ``(seed, k)``,
-3. evaluates the loss under autocast (bf16 / fp16), back-propagates (fp16 through a ``GradScaler``),
-4. averages gradients over processes, clips their norm, steps RAdam / Adam with warm-up and optional
-   cosine decay, then lets the objective update its target and updates the EMAs.
+2. reseeds the global RNG from ``(seed, k)`` and splits the slice into ``grad_accum`` micro-batches, each with
+   the :class:`~cmkit.streams.StepRandom` of its own samples of the global batch,
+3. per micro-batch evaluates the loss under autocast (bf16 / fp16) and back-propagates it divided by
+   ``grad_accum`` (fp16 through a ``GradScaler``), so the gradient is that of the global batch's mean loss,
+4. averages gradients over processes (:class:`~cmkit.training.distributed.GradientSync`: DDP during the last
+   backward), clips their norm, steps RAdam / Adam with warm-up and optional cosine decay, then lets the
+   objective update its target and updates the EMAs.
 
 All randomness comes from ``(seed, step)``, so resuming from a checkpoint reproduces an uninterrupted run
 bit for bit on CPU, and P processes match one process with the same global batch up to float rounding.
@@ -34,7 +37,7 @@ from . import report
 from .report import CONFIG_FILE
 from .build import build_data, build_model, build_objective, load_teacher, scheduler_num_timesteps
 from .config import TrainConfig
-from .distributed import DistContext, setup_distributed
+from .distributed import DistContext, GradientSync, setup_distributed
 from .ema import EMA, ema_key
 from .ema_snapshots import remove_snapshots_after, write_snapshots
 from .power_ema import PowerEMA, power_ema_key
@@ -53,6 +56,7 @@ RESUMABLE_CHANGES = frozenset(
         "save_every", "keep_checkpoints", "sample_every", "num_samples", "log_every", "progress", "device", "tau",
         "scheduler_timesteps", "dist_timeout", "ema_snapshot_every",
         "data.workers",
+        "grad_accum",  # only the order of float sums changes, as with another number of processes (see docs)
     }
 )
 #: fields that may change on resumption, e.g. to extend a run or rescue a diverging one; the result then differs
@@ -95,12 +99,20 @@ class Trainer:
             raise ValueError(
                 f"batch_size {config.batch_size} must be divisible by the number of processes ({self.ctx.world_size})"
             )
+        local = config.batch_size // self.ctx.world_size
+        if local % config.grad_accum:
+            raise ValueError(
+                f"grad_accum {config.grad_accum} must divide the batch of each process ({local} = batch_size "
+                f"{config.batch_size} / {self.ctx.world_size} processes); choose a divisor of {local} or another "
+                "batch size"
+            )
         self.output_dir = Path(config.output_dir)
         self.model: nn.Module = objective.model.to(self.ctx.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the objective's model has no trainable parameters")
         self.optimizer = make_optimizer(config, self.params)
+        self.sync = GradientSync(self.ctx, self.model, self.params, objective)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
         self.scaler = torch.amp.GradScaler(self.ctx.device.type) if config.precision == "fp16" else None
         self.ema = EMA(self.model, config.ema_rates, config.ema_warmup) if self.ctx.is_main else None
@@ -162,17 +174,12 @@ class Trainer:
         x0, labels = self.local_batch(step, offset, local)
         x0 = x0.to(device)
         labels = labels.to(device) if labels is not None else None
-        rng = StepRandom(cfg.seed, step, cfg.batch_size, offset, local, device=device)
         torch.manual_seed(step_seed(cfg.seed, step, GLOBAL_RNG_STREAM) + ctx.rank)
         self.model.train()
-        with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-            out = self.objective(x0, labels, step, rng)
-        loss = out.loss.float()
-        loss_mean = float(ctx.mean(loss))
+        loss_sum, metrics = self._accumulate_gradients(x0, labels, step, offset)
+        loss_mean = float(ctx.mean(loss_sum / cfg.grad_accum))
         if not math.isfinite(loss_mean):
             raise NonFiniteLossError(f"the loss is {loss_mean} at step {step + 1}")
-        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        ctx.average_gradients(self.params)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip is not None:
@@ -192,7 +199,37 @@ class Trainer:
             self.ema.update(self.model, step)
         if self.power_ema is not None:
             self.power_ema.update(self.model, step)
-        return loss_mean, grad_norm, out.metrics
+        return loss_mean, grad_norm, metrics
+
+    def _accumulate_gradients(
+        self, x0: torch.Tensor, labels: Optional[torch.Tensor], step: int, offset: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Backward of this process's batch ``x0`` (samples ``offset...`` of the global batch) in ``grad_accum`` parts.
+
+        Micro-batch ``j`` holds samples ``offset + j m ... offset + (j + 1) m - 1`` and draws with their
+        :class:`StepRandom`, so its noise is that of the unsplit batch. Its mean loss is divided by ``K = grad_accum``:
+        the accumulated gradient is ``(1/K) sum_j grad mean_j``, the gradient of the batch's mean loss, which the
+        processes then average. Returns the sum of the micro-batches' losses and the mean of their metrics.
+        """
+        cfg, device, k = self.config, self.ctx.device, self.config.grad_accum
+        micro = x0.shape[0] // k
+        dtype, enabled = self.autocast_dtype or torch.float32, self.autocast_dtype is not None
+        loss_sum: Optional[torch.Tensor] = None  # on the device: no synchronisation per micro-batch
+        metric_sums: dict[str, float] = {}
+        for j in range(k):
+            part = slice(j * micro, (j + 1) * micro)
+            rng = StepRandom(cfg.seed, step, cfg.batch_size, offset + j * micro, micro, device=device)
+            with self.sync.micro_batch(last=j == k - 1):
+                with torch.autocast(device.type, dtype=dtype, enabled=enabled):
+                    out = self.objective(x0[part], labels[part] if labels is not None else None, step, rng)
+                loss = out.loss.float()
+                (self.scaler.scale(loss / k) if self.scaler is not None else loss / k).backward()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            for name, value in out.metrics.items():
+                metric_sums[name] = metric_sums.get(name, 0.0) + value
+        self.sync.finish()
+        assert loss_sum is not None
+        return loss_sum, {name: value / k for name, value in metric_sums.items()}
 
     def _process_slice(self) -> tuple[int, int]:
         """This process's ``(offset, local batch)`` in every step's global batch."""
@@ -329,6 +366,7 @@ class Trainer:
             "seconds_this_session": round(seconds, 3),
             "train_step_seconds_this_session": round(train_seconds, 3),
             "world_size": self.ctx.world_size,
+            "gradient_averaging": self.sync.last_mode,
             "final_loss": self.losses[-1] if self.losses else None,
         }
         return report.write_outputs(
@@ -382,6 +420,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
     out = Path(config.output_dir)
     _check_output_dir(out, resume)
     ctx = setup_distributed(config.device, config.dist_timeout)
+    trainer: Optional[Trainer] = None
     try:
         saved_config = out / CONFIG_FILE
         if resume and saved_config.is_file():
@@ -400,4 +439,6 @@ def train(config: TrainConfig, *, resume: bool = False) -> Path:
             config.to_json(saved_config)
         return trainer.run()
     finally:
+        if trainer is not None:
+            trainer.sync.close()  # DDP holds the process group: release it first
         ctx.close()

@@ -27,7 +27,12 @@ class ObjectiveOutput:
 
 @runtime_checkable
 class Objective(Protocol):
-    """What the loop calls. ``model`` is the trainable denoiser (a :class:`cmkit.models.denoiser.Denoiser`)."""
+    """What the loop calls. ``model`` is the trainable denoiser (a :class:`cmkit.models.denoiser.Denoiser`).
+
+    The loss must be the mean over the batch's samples: the loop splits a batch into micro-batches (``--grad-accum``)
+    and across processes, and averages. Optionally, ``set_online(module)`` (as in :class:`BaseObjective`) lets the
+    loop route the pass with gradients through its ``DistributedDataParallel`` wrapper.
+    """
 
     model: nn.Module
 
@@ -52,6 +57,25 @@ class BaseObjective:
     """An objective without state: the hooks do nothing and there is nothing to checkpoint."""
 
     model: nn.Module
+    _online: Optional[nn.Module] = None
+
+    @property
+    def online(self) -> nn.Module:
+        """The module for the pass with gradients (``f_theta``): ``model``, or the wrapper from :meth:`set_online`.
+
+        Under torchrun the loop sets its ``DistributedDataParallel`` wrapper of ``model`` here, so the backward pass
+        averages gradients over processes while it runs. Call it once per loss; passes without gradients (targets,
+        teachers, ``stopgrad``) call ``model``, which bypasses the wrapper and leaves DDP's reducer alone. So does
+        ``torch.func.jvp`` on ``model`` (forward-mode AD, e.g. for continuous-time consistency models): the loop
+        then falls back to averaging gradients after backward, correct but without overlap.
+        """
+        return self._online if self._online is not None else self.model
+
+    def set_online(self, module: Optional[nn.Module]) -> None:
+        """Route the pass with gradients through ``module``, a wrapper whose ``.module`` is ``model`` (None: none)."""
+        if module is not None and getattr(module, "module", None) is not self.model:
+            raise ValueError("set_online needs a wrapper of this objective's model (its .module must be the model)")
+        self._online = module
 
     def after_optimizer_step(self, step: int) -> None:
         """Nothing to update."""

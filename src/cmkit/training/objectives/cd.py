@@ -95,7 +95,7 @@ class CDObjective(TargetObjective):
         target_net = self.target_of(x0)
         with torch.no_grad():
             target = target_net(x_lo, sigma_lo, class_labels)
-        pred = self.model(x_hi, sigma_hi, class_labels)
+        pred = self.online(x_hi, sigma_hi, class_labels)
         loss = self.distance(pred, target.detach()).mean()
         return ObjectiveOutput(
             loss, {"loss": float(loss.detach()), "N": float(self.options.num_scales), "mu": self.options.target_ema}

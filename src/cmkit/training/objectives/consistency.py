@@ -56,7 +56,9 @@ def consistency_loss(
     """``mean(lambda d(f_theta(x_hi, sigma_hi), sg f^-(x_lo, sigma_lo)))`` with ``x = x0 + sigma z``.
 
     ``weight`` is ``lambda`` per sample (None: 1); ``dropout_seed`` gives both passes one dropout mask (iCT
-    appendix B); where ``boundary`` is true the target is ``x0`` itself (``f(x, sigma_min) = x``, ECT).
+    appendix B); where ``boundary`` is true the target is ``x0`` itself (``f(x, sigma_min) = x``, ECT). ``model`` is
+    the objective's ``online`` (under torchrun a ``DistributedDataParallel`` wrapper, called once, with gradients);
+    ``target_net`` runs under ``no_grad``, where DDP's reducer does not see it.
     """
     def same_mask():
         return seeded_dropout(dropout_seed, x0.device) if dropout_seed is not None else nullcontext()

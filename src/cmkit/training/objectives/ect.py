@@ -81,6 +81,6 @@ class ECTObjective(BaseObjective):
         r_eval = torch.where(on_boundary, torch.full_like(r, o.sigma_min), r)
         # r == t only if t is clipped at sigma_min; the network is then the identity and gets no gradient.
         weight = 1.0 / (t - r).clamp_min(1e-8)
-        loss = consistency_loss(self.model, self.model, x0, eps, t, r_eval, class_labels, self.distance,
+        loss = consistency_loss(self.online, self.model, x0, eps, t, r_eval, class_labels, self.distance,
                                 weight=weight, dropout_seed=rng.dropout_seed(), boundary=on_boundary)
         return ObjectiveOutput(loss, {"loss": float(loss.detach()), "stage": float(stage)})

@@ -55,7 +55,7 @@ class EDMObjective(BaseObjective):
         o = self.options
         sigma = per_sample(torch.exp(o.p_mean + o.p_std * rng.randn()), x0)
         noise = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
-        denoised = self.model(add_noise(x0, sigma, noise), sigma, class_labels)
+        denoised = self.online(add_noise(x0, sigma, noise), sigma, class_labels)
         sigma_data = float(getattr(self.model, "sigma_data", 0.5))
         per_sample_loss = (denoised - x0).pow(2).flatten(1).mean(dim=1)
         loss = (edm_loss_weight(sigma, sigma_data) * per_sample_loss).mean()

@@ -76,6 +76,6 @@ class ICTObjective(BaseObjective):
         # are so close that their float32 difference would lose digits
         weight = per_sample(1.0 / (sigmas[i] - sigmas[i + 1]), x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
-        loss = consistency_loss(self.model, self.model, x0, z, sigma_hi, sigma_lo, class_labels, self.distance,
+        loss = consistency_loss(self.online, self.model, x0, z, sigma_hi, sigma_lo, class_labels, self.distance,
                                 weight=weight, dropout_seed=rng.dropout_seed())
         return ObjectiveOutput(loss, {"loss": float(loss.detach()), "N": float(num)})
