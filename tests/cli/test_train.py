@@ -1,5 +1,6 @@
 """``cmkit train`` end to end on tiny runs: every method, the three data kinds, config reproduction, resume, errors."""
 
+import dataclasses
 import json
 import shutil
 
@@ -202,6 +203,27 @@ def test_flags_are_generated_from_the_config_fields(capsys):
     assert "--dist-timeout SECONDS" in text and "(default: 300.0)" in text and "(default: ict)" in text
     # each method's options come from its options dataclass
     assert "steps_per_stage=2000" in text and "num_scales=18" in text and "(needs --teacher)" in text
+
+
+def test_data_flag_moves_a_configs_images_and_keeps_their_options(tmp_path, capsys):
+    """A recipe names its data set's path; --data points it at this machine's copy. The recipe's image options
+    (flips, classes, resolution, workers) stay, unless the data switch to or from the 2-D toys."""
+    from cmkit.training.config import DataConfig, TrainConfig
+
+    data = DataConfig(kind="zip", path="datasets/cifar10-32x32.zip", resolution=32, flip=True, class_labels=False,
+                      workers=3)
+    TrainConfig(data=data).to_json(tmp_path / "recipe.json")
+
+    def resolved(*flags):
+        assert main(["train", "--config", str(tmp_path / "recipe.json"), *flags, "--print-config"]) == 0
+        return json.loads(capsys.readouterr().out)["data"]
+
+    kept = {"resolution": 32, "resize": "crop", "flip": True, "channels": None, "class_labels": False, "workers": 3}
+    assert resolved("--data", "folder:/x") == {"kind": "folder", "toy": None, "path": "/x", **kept}
+    assert resolved("--data", "prepared:/p", "--resolution", "16") == {"kind": "prepared", "toy": None,
+                                                                       "path": "/p", **kept, "resolution": 16}
+    assert resolved("--data", "toy:moons") == dataclasses.asdict(DataConfig(kind="toy", toy="moons"))
+    assert resolved() == dataclasses.asdict(data)
 
 
 def test_generated_flags_parse_like_the_hand_written_ones(capsys):

@@ -8,7 +8,7 @@ import torch
 from cmkit import ConsistencyModelPipeline
 from cmkit.cli import main
 from cmkit.models.song_unet import SongUNet
-from cmkit.training.build import build_data, build_network
+from cmkit.training.build import build_data, build_model, build_network
 from cmkit.training.config import DataConfig, TrainConfig
 
 
@@ -38,3 +38,37 @@ def test_unknown_presets_and_point_data_are_refused():
         build_network(TrainConfig(model="ncsnpp"), points)
     assert isinstance(build_network(TrainConfig(model="ncsnpp", model_options={"model_channels": 8, "num_blocks": 1}),
                                     digits), SongUNet)
+
+
+def _teacher_and_data(tmp_path):
+    """A tiny DDPM++ EDM teacher and an 8 x 8 RGB zip data set (unconditional)."""
+    from builders import edm_archive
+    from cmkit.models.denoiser import Denoiser
+    from cmkit.models.presets import build_preset_for_data
+
+    edm_archive(tmp_path / "data.zip", n=4, labels=False)
+    data = build_data(TrainConfig(data=DataConfig(kind="zip", path=str(tmp_path / "data.zip"), resolution=8)))
+    torch.manual_seed(0)
+    net = build_preset_for_data("ddpmpp", 8, 3, None, model_channels=8, num_blocks=1, channel_mult=[1, 1])
+    return Denoiser(net, "edm").eval(), data
+
+
+def test_a_student_is_the_teachers_network_with_the_model_options_applied(tmp_path):
+    """ECT's student dropout (0.2) differs from its teacher's (0.13): --model-option sets it on the student."""
+    teacher, data = _teacher_and_data(tmp_path)
+    config = TrainConfig(method="ect", teacher="t.pkl", model="ddpmpp", model_options={"dropout": 0.2})
+    student = build_model(config, data, teacher)
+    assert type(student.net) is SongUNet and teacher.net.config["dropout"] == 0.13
+    assert dict(student.net.config) == {**dict(teacher.net.config), "dropout": 0.2}
+    auto = build_model(TrainConfig(method="cd", teacher="t.pkl"), data, teacher)
+    assert dict(auto.net.config) == dict(teacher.net.config)
+
+
+def test_a_student_model_of_another_class_or_an_unknown_option_is_refused(tmp_path):
+    teacher, data = _teacher_and_data(tmp_path)
+    with pytest.raises(ValueError, match="'adm-imagenet64' is a DhariwalUNet, but the teacher's network is a SongUNet"):
+        build_model(TrainConfig(method="cd", teacher="t.pkl", model="adm-imagenet64"), data, teacher)
+    with pytest.raises(ValueError, match="unknown model 'ddpm'"):
+        build_model(TrainConfig(method="cd", teacher="t.pkl", model="ddpm"), data, teacher)
+    with pytest.raises(ValueError, match=r"unknown SongUNet argument\(s\) \['width'\]"):
+        build_model(TrainConfig(method="cd", teacher="t.pkl", model_options={"width": 8}), data, teacher)

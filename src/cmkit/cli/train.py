@@ -86,7 +86,12 @@ def build_config(args: argparse.Namespace):
         base = TrainConfig.from_json(Path(output) / "train_config.json").to_dict()
     data = dict(base.get("data") or {})
     if "data" in given:
-        data = dataclasses.asdict(DataConfig.parse(given["data"]))
+        parsed = dataclasses.asdict(DataConfig.parse(given["data"]))
+        # images in another place (a recipe's data set on this machine): the config's image options (resolution,
+        # flips, classes, workers) stay; a switch to or from the 2-D toys starts from the defaults
+        if data and "toy" not in (data.get("kind"), parsed["kind"]):
+            parsed = {**data, **{key: parsed[key] for key in ("kind", "toy", "path")}}
+        data = parsed
     data_fields = {f.name for f in dataclasses.fields(DataConfig)}
     for f in dataclasses.fields(TrainConfig):
         if f.name not in given or f.name == "data":

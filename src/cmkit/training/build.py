@@ -92,9 +92,22 @@ def load_teacher(path: str | os.PathLike) -> Denoiser:
 
 
 def build_model(config: TrainConfig, data: DataSource, teacher: Optional[Denoiser]) -> Denoiser:
-    """The trainable denoiser: the teacher's architecture when there is a teacher, else a fresh network."""
+    """The trainable denoiser: the teacher's architecture when there is a teacher, else a fresh network.
+
+    With a teacher, ``model_options`` override the teacher's constructor arguments (e.g. ECT's student dropout 0.2
+    over the teacher's 0.13, Geng et al. 2024), and ``model``, unless ``auto``, must name a network of the teacher's
+    class: the student is the teacher's network, so a preset of another class would be silently ignored.
+    """
     if teacher is not None:
-        net = type(teacher.net).from_config(dict(teacher.net.config))
+        check_student_model(config.model, teacher.net)
+        network = type(teacher.net)
+        unknown = sorted(k for k in config.model_options if k not in network.config_keys())
+        if unknown:
+            raise ValueError(
+                f"unknown {network.__name__} argument(s) {unknown} in model_options for the teacher's network; "
+                f"valid ones: {sorted(network.config_keys())}"
+            )
+        net = network.from_config({**dict(teacher.net.config), **config.model_options})
         shape = tuple(getattr(net, "sample_shape", ()) or ())
         if shape and shape != tuple(data.sample_shape):
             raise ValueError(f"the teacher makes samples of shape {shape} but the data have shape {data.sample_shape}")
@@ -102,6 +115,29 @@ def build_model(config: TrainConfig, data: DataSource, teacher: Optional[Denoise
         net = build_network(config, data)
     require_training_fits(config, data, net)
     return Denoiser(net, method_spec(config.method).parameterization)
+
+
+def check_student_model(model: str, teacher_net: nn.Module) -> None:
+    """Refuse a ``model`` (``mlp`` or a preset) whose network class is not the teacher's: with a teacher, the student
+    is built from the teacher's configuration (plus ``model_options``), not from ``model``."""
+    if model == "auto":
+        return
+    if model == "mlp":
+        from ..models.mlp import MLPNet
+
+        network: type = MLPNet
+    else:
+        from ..models.presets import NETWORK_PRESETS
+
+        if model not in NETWORK_PRESETS:
+            raise ValueError(f"unknown model {model!r}; choose 'auto', 'mlp' or a preset: {', '.join(NETWORK_PRESETS)}")
+        network = NETWORK_PRESETS[model].network
+    if not isinstance(teacher_net, network):
+        raise ValueError(
+            f"model {model!r} is a {network.__name__}, but the teacher's network is a {type(teacher_net).__name__}; "
+            "a student starts as the teacher's network (its configuration plus --model-option), so set model to "
+            "'auto' or to a preset of the teacher's class, or pass the teacher the run was written for"
+        )
 
 
 def require_training_fits(config: TrainConfig, data: DataSource, net: nn.Module) -> None:
