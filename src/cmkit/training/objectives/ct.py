@@ -74,5 +74,6 @@ class CTObjective(TargetObjective):
         sigma_hi, sigma_lo = grid_pair(sigmas, n, x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
         target_net = self.target_of(x0)
-        loss = consistency_loss(self.model, target_net, x0, z, sigma_hi, sigma_lo, class_labels, self.distance)
+        loss = consistency_loss(self.model, target_net, x0, z, sigma_hi, sigma_lo, class_labels, self.distance,
+                                dropout_seed=rng.dropout_seed())
         return ObjectiveOutput(loss, {"loss": float(loss.detach()), "N": float(num), "mu": self.target_ema(step)})
