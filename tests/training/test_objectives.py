@@ -146,6 +146,21 @@ def test_ct_uses_the_adaptive_schedules():
         assert torch.allclose(t, 0.95 * b + 0.05 * m, atol=1e-6)
 
 
+def test_ct_mu0_zero_targets_the_online_network():
+    obj = _build("ct", mu0=0.0)
+    assert obj.target is None and obj.state_dict() == {} and obj.target_ema(50) == 0.0
+    x0 = _x0()
+    rng = StepRandom(3, 0, B)
+    n = rng.randint(1)  # N(0) = 2: the one pair (sigma_max, sigma_min)
+    z = rng.randn(2)
+    s_hi, s_lo = torch.full((B,), 80.0), torch.full((B,), SIGMA_MIN)
+    with torch.no_grad():  # the online network at sigma_min is the identity: the target is x0 + sigma_min z
+        expected = (obj.model(x0 + 80.0 * z, s_hi) - obj.model(x0 + SIGMA_MIN * z, s_lo)).pow(2).mean(dim=1).mean()
+    assert bool((n == 0).all())
+    out = obj(x0, None, 0, StepRandom(3, 0, B))
+    assert out.metrics["mu"] == 0.0 and out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 class _MaskRecorder:
     def __init__(self, *modules):
         self.masks = []
