@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The other rows of the digits quality report (benchmarks/quality_digits.py): iCT from scratch, ECT from the
 # recipe's EDM teacher (run recipes/digits/train.sh first), and CT from scratch; same MLP as the bundled model.
+# CT uses mu0 = 0.1: the paper's 0.95 moves the target too little in 3000 steps and collapses (docs/training.md,
+# "CT's target budget rule").
 # Usage: bash recipes/digits/baselines.sh [RUNS_DIR] [METHOD...]   (default runs/digits; ict ect ct)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -12,6 +12,7 @@ from cmkit.training import checkpoint as ckpt
 from cmkit.training.config import DataConfig, TrainConfig
 from cmkit.training.loop import Trainer
 from cmkit.training.objectives.cd import CDObjective, CDOptions
+from cmkit.training.objectives.ct import CTObjective, CTOptions
 from cmkit.training.objectives.edm import EDMObjective
 from cmkit.io.weights import load_state_dict
 from builders import HookedObjective
@@ -51,6 +52,10 @@ def make_cd(seed):
     return CDObjective(student, teacher, CDOptions(num_scales=10, target_ema=0.9, init_from_teacher=False))
 
 
+def make_ct(seed):
+    return CTObjective(Denoiser(net(seed, dropout=0.2), "consistency"), CTOptions(total_steps=7))
+
+
 @pytest.mark.parametrize(
     "make, extra",
     [
@@ -58,8 +63,10 @@ def make_cd(seed):
         (make_cd, dict(method="cd", teacher="unused-by-Trainer", optimizer="adam", grad_clip=0.05)),
         (make_cd, dict(method="cd", teacher="unused-by-Trainer", grad_accum=2)),
         (make_edm, dict(method="edm", grad_accum=4)),
+        (make_ct, dict(method="ct")),  # one dropout mask per step shared by the student and the EMA target
     ],
-    ids=["edm-dropout-cosine", "cd-target-ema-clip", "cd-grad-accum-2", "edm-dropout-grad-accum-4"],
+    ids=["edm-dropout-cosine", "cd-target-ema-clip", "cd-grad-accum-2", "edm-dropout-grad-accum-4",
+         "ct-dropout-shared-mask"],
 )
 def test_resume_is_bit_identical(tmp_path, make, extra):
     def config(name):

@@ -146,17 +146,37 @@ def test_ct_uses_the_adaptive_schedules():
         assert torch.allclose(t, 0.95 * b + 0.05 * m, atol=1e-6)
 
 
+def test_ct_mu0_zero_targets_the_online_network():
+    obj = _build("ct", mu0=0.0)
+    assert obj.target is None and obj.state_dict() == {} and obj.target_ema(50) == 0.0
+    x0 = _x0()
+    rng = StepRandom(3, 0, B)
+    n = rng.randint(1)  # N(0) = 2: the one pair (sigma_max, sigma_min)
+    z = rng.randn(2)
+    s_hi, s_lo = torch.full((B,), 80.0), torch.full((B,), SIGMA_MIN)
+    with torch.no_grad():  # the online network at sigma_min is the identity: the target is x0 + sigma_min z
+        expected = (obj.model(x0 + 80.0 * z, s_hi) - obj.model(x0 + SIGMA_MIN * z, s_lo)).pow(2).mean(dim=1).mean()
+    assert bool((n == 0).all())
+    out = obj(x0, None, 0, StepRandom(3, 0, B))
+    assert out.metrics["mu"] == 0.0 and out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 class _MaskRecorder:
-    def __init__(self, module):
+    def __init__(self, *modules):
         self.masks = []
-        module.register_forward_hook(lambda m, i, o: self.masks.append((o == 0) & (i[0] != 0)))
+        for module in modules:
+            module.register_forward_hook(lambda m, i, o: self.masks.append((o == 0) & (i[0] != 0)))
 
 
-@pytest.mark.parametrize("method", ["ict", "ect"])
+def _first_dropout(net):
+    return next(m for m in net.modules() if isinstance(m, nn.Dropout))
+
+
+@pytest.mark.parametrize("method", ["cd", "ct", "ict", "ect"])
 def test_same_dropout_mask_in_both_passes(method):
-    obj = _build(method, dropout=0.5)
-    dropout = next(m for m in obj.model.modules() if isinstance(m, nn.Dropout))
-    rec = _MaskRecorder(dropout)
+    obj = _build(method, dropout=0.5, **({"student_dropout": None} if method == "cd" else {}))
+    target = getattr(obj, "target", None)  # CD and CT: the target pass runs the EMA copy's own dropout modules
+    rec = _MaskRecorder(*[_first_dropout(net) for net in (obj.model, target) if net is not None])
     obj.model.train()
     obj(_x0(), None, 0, StepRandom(0, 0, B))
     assert len(rec.masks) == 2
@@ -165,6 +185,21 @@ def test_same_dropout_mask_in_both_passes(method):
     obj.model(_x0(), torch.ones(B))
     obj.model(_x0(), torch.ones(B))
     assert not torch.equal(rec.masks[2], rec.masks[3])
+
+
+@pytest.mark.parametrize("method", ["cd", "ct"])
+def test_target_equal_to_the_student_loses_nothing_under_dropout(method):
+    # theta^- = theta (the target is a fresh copy), dropout 0.3, and the grid's sigmas lie 1e-6 apart, so both
+    # passes see the same input: the loss is ~0 only if they also share one dropout mask (OpenAI's
+    # consistency_losses); with a mask each it is about 1e-3 here
+    grid = {"sigma_min": 1.0, "sigma_max": 1.0 + 1e-6}
+    options = {"num_scales": 4, "student_dropout": 0.3} if method == "cd" else {"s0": 3, "s1": 3}
+    obj = _build(method, dropout=0.3, **grid, **options)
+    assert all(m.p == 0.3 for net in (obj.model, obj.target) for m in net.modules() if isinstance(m, nn.Dropout))
+    obj.model.train()
+    for step in range(3):
+        loss = obj(_x0(), None, step, StepRandom(0, step, B)).loss.item()
+        assert loss < 1e-9, (step, loss)
 
 
 def test_ict_has_no_target_network_and_weights_by_delta_sigma():

@@ -6,6 +6,7 @@ import torch
 from cmkit.karras import karras_sigmas
 from cmkit.training.schedules import (
     ct_num_scales,
+    ct_target_budget,
     ct_target_ema,
     ect_r,
     ect_stage,
@@ -91,6 +92,32 @@ def test_ect_r_approaches_t_with_stage():
     gaps = [float((t - ect_r(t, s)).max()) for s in range(8)]
     assert all(b < a for a, b in zip(gaps, gaps[1:]))
     assert bool((ect_r(t, 5) <= t).all()) and bool((ect_r(t, 5) >= 0).all())
+
+
+def test_ct_target_ema_zero_is_the_online_network():
+    assert [ct_target_ema(k, 100, mu0=0.0) for k in (0, 50, 99)] == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"mu0 must lie in \[0, 1\)"):
+        ct_target_ema(0, 100, mu0=1.0)
+
+
+def test_ct_target_budget_hand_values():
+    # K = 1: only k = 0, where N = s0 = 2 and mu = mu0
+    assert ct_target_budget(1) == pytest.approx(0.05)
+    # K = 2: k = 1 has N = 107 (test_ct_num_scales_hand_values with f = 1/2)
+    assert ct_target_budget(2) == pytest.approx(0.05 + 1 - 0.95 ** (2 / 107))
+    # s0 = s1 = 4: N(0) = 4, then sqrt(16 + 9 k/K) - 1 lies in (3, 4], so N = 5 for every k > 0
+    assert ct_target_budget(10, s0=4, s1=4, mu0=0.5) == pytest.approx((1 - 0.5) + 9 * (1 - 0.5 ** (4 / 5)))
+    assert ct_target_budget(3000, mu0=0.0) == 3000.0  # mu = 0: the target is replaced at every step
+    # the bisection over N(k) equals the plain sum over every step
+    for K, s0, s1, mu0 in ((3000, 2, 150, 0.95), (777, 3, 40, 0.2), (50, 2, 1280, 0.9)):
+        plain = math.fsum(1 - ct_target_ema(k, K, s0, s1, mu0) for k in range(K))
+        assert ct_target_budget(K, s0, s1, mu0) == pytest.approx(plain, rel=1e-12)
+    # the digits recipe before issue 11 against OpenAI's CT runs (scripts/launch.sh: K, s1; s0 = 2, mu0 = 0.95)
+    assert ct_target_budget(3000) == pytest.approx(3.99, abs=0.01)
+    assert ct_target_budget(800_000, s1=200) == pytest.approx(798.8, abs=0.1)  # ImageNet-64
+    assert ct_target_budget(1_000_000, s1=150) == pytest.approx(1320.8, abs=0.1)  # LSUN 256
+    with pytest.raises(ValueError, match="total_steps"):
+        ct_target_budget(0)
 
 
 def test_ect_stage_and_errors():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -179,12 +180,18 @@ def build_objective(config: TrainConfig, model: Denoiser, teacher: Optional[Deno
     """The objective of ``config.method`` around ``model`` (see :mod:`cmkit.training.objectives`)."""
     from .objectives import TEACHER_METHODS
     from .objectives import build_objective as factory
+    from .objectives.ct import CTObjective, low_target_budget_message
 
     if teacher is not None and config.method not in TEACHER_METHODS:
         raise ValueError(
             f"method {config.method!r} does not use a teacher; drop --teacher ({', '.join(TEACHER_METHODS)} use one)"
         )
-    return factory(config.method, model, teacher=teacher, **objective_options(config))
+    objective = factory(config.method, model, teacher=teacher, **objective_options(config))
+    if isinstance(objective, CTObjective):
+        message = low_target_budget_message(objective.options)
+        if message is not None:
+            warnings.warn(message, stacklevel=2)
+    return objective
 
 
 def scheduler_num_timesteps(config: TrainConfig, objective: Objective) -> int:

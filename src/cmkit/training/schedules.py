@@ -40,10 +40,43 @@ def ct_num_scales(k: int, total_steps: int, s0: int = 2, s1: int = 150) -> int:
 
 
 def ct_target_ema(k: int, total_steps: int, s0: int = 2, s1: int = 150, mu0: float = 0.95) -> float:
-    """CT's target EMA rate ``mu(k) = exp(s0 ln(mu0) / N(k))`` (CM appendix C)."""
-    if not 0.0 < mu0 < 1.0:
-        raise ValueError(f"mu0 must lie in (0, 1), got {mu0}")
-    return math.exp(s0 * math.log(mu0) / ct_num_scales(k, total_steps, s0, s1))
+    """CT's target EMA rate ``mu(k) = exp(s0 ln(mu0) / N(k))`` (CM appendix C); ``mu0 = 0`` gives ``mu = 0``.
+
+    The paper's formula. OpenAI's ``cm/script_util.py`` divides by ``N(k) - 1`` instead (its ``scales`` before the
+    final ``+ 1``), so its ``mu`` starts at ``mu0^2`` and is slightly lower throughout (ImageNet-64's target budget,
+    :func:`ct_target_budget`, is 817 there against 799 here). ``mu0 = 0`` makes the target the online network
+    under stop-gradient, as in iCT.
+    """
+    if not 0.0 <= mu0 < 1.0:
+        raise ValueError(f"mu0 must lie in [0, 1) (0: the online network as target), got {mu0}")
+    num_scales = ct_num_scales(k, total_steps, s0, s1)
+    return 0.0 if mu0 == 0.0 else math.exp(s0 * math.log(mu0) / num_scales)
+
+
+def ct_target_budget(total_steps: int, s0: int = 2, s1: int = 150, mu0: float = 0.95) -> float:
+    """The target's movement budget ``sum_{k<K} (1 - mu(k))`` of a CT run of ``K = total_steps`` steps.
+
+    Each EMA update moves ``theta^-`` the fraction ``1 - mu(k)`` of the way to ``theta``, so the sum counts how
+    many times, in all, the target catches up with the online network. The consistency signal climbs from the
+    boundary ``f(x, sigma_min) = x`` to ``sigma_max`` only as fast as the target follows: OpenAI's CT runs have
+    799 (ImageNet-64: K = 800k, s1 = 200) and 1321 (LSUN 256: K = 1M, s1 = 150); see docs/training.md, "CT's
+    target budget rule". ``mu(k)`` is constant while ``N(k)`` is, so the sum runs over the steps where ``N(k)``
+    changes (a bisection each), not over every step.
+    """
+    _check_progress(0, total_steps)
+    budget, k = 0.0, 0
+    while k < total_steps:
+        num_scales = ct_num_scales(k, total_steps, s0, s1)
+        lo, hi = k + 1, total_steps  # the first step with more points than k (N(k) is non-decreasing)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ct_num_scales(mid, total_steps, s0, s1) > num_scales:
+                hi = mid
+            else:
+                lo = mid + 1
+        budget += (lo - k) * (1.0 - ct_target_ema(k, total_steps, s0, s1, mu0))
+        k = lo
+    return budget
 
 
 def ict_stage_length(total_steps: int, s0: int = 10, s1: int = 1280) -> int:

@@ -5,7 +5,8 @@ For a pair of adjacent points ``sigma_{n+1} > sigma_n`` of the N-point Karras gr
 ``x_hat_n = Phi(x_{n+1}, sigma_{n+1} -> sigma_n)`` (Heun or Euler, :mod:`cmkit.sampling`); the loss is
 ``d(f_theta(x_{n+1}, sigma_{n+1}), f_theta^-(x_hat_n, sigma_n))`` and the target ``theta^-`` follows
 ``theta`` with EMA rate ``mu`` (0.95 in the paper; 0 uses the online network under stop-gradient).
-The student starts from the teacher's weights, with dropout 0 (OpenAI's recipe).
+The student starts from the teacher's weights, with dropout 0 (OpenAI's recipe); with dropout, the student and
+the target pass share one mask (:func:`.consistency.consistency_loss`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..losses import LossName, make_distance
 from ..schedules import training_grid
 from .base import ObjectiveOutput, TargetObjective
 from .common import check_batch, copy_teacher_weights_, follow_device_, frozen_copy, grid_pair, set_dropout_
+from .consistency import consistency_loss
 
 Solver = Literal["heun", "euler"]
 
@@ -90,13 +92,9 @@ class CDObjective(TargetObjective):
         n = rng.randint(self.options.num_scales - 1, device=self.sigmas.device)
         sigma_hi, sigma_lo = grid_pair(self.sigmas, n, x0)
         z = rng.randn(*x0.shape[1:]).to(device=x0.device, dtype=x0.dtype)
-        x_hi = add_noise(x0, sigma_hi, z)
-        x_lo = self.teacher_step(x_hi, sigma_hi, sigma_lo, class_labels)
-        target_net = self.target_of(x0)
-        with torch.no_grad():
-            target = target_net(x_lo, sigma_lo, class_labels)
-        pred = self.online(x_hi, sigma_hi, class_labels)
-        loss = self.distance(pred, target.detach()).mean()
+        x_lo = self.teacher_step(add_noise(x0, sigma_hi, z), sigma_hi, sigma_lo, class_labels)
+        loss = consistency_loss(self.online, self.target_of(x0), x0, z, sigma_hi, sigma_lo, class_labels, self.distance,
+                                dropout_seed=rng.dropout_seed(), target_input=x_lo)
         return ObjectiveOutput(
             loss, {"loss": float(loss.detach()), "N": float(self.options.num_scales), "mu": self.options.target_ema}
         )

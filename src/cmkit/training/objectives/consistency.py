@@ -1,15 +1,16 @@
-"""The consistency-training loss shared by CT, iCT and ECT (Song et al. 2023, Algorithm 3; Song & Dhariwal 2023;
-Geng et al. 2024).
+"""The consistency loss shared by CD, CT, iCT and ECT (Song et al. 2023, Algorithms 2 and 3; Song & Dhariwal
+2023; Geng et al. 2024).
 
 Two points of one trajectory share the noise ``z``: ``L = lambda d(f_theta(x0 + sigma_hi z, sigma_hi),
 sg f_theta^-(x0 + sigma_lo z, sigma_lo))`` averaged over the batch. The methods differ only in how they draw
-``sigma_hi > sigma_lo``, in ``lambda``, in the target network ``theta^-`` (an EMA copy for CT, the online network
-for iCT and ECT) and in whether both passes share one dropout mask.
+``sigma_hi > sigma_lo``, in ``lambda`` and in the target network ``theta^-`` (an EMA copy for CT, the online
+network for iCT and ECT); CD moves the target's input by one teacher ODE step from ``x0 + sigma_hi z`` instead.
+Every method gives both passes one dropout mask, a function of ``(seed, step)`` (iCT appendix B; OpenAI's
+``consistency_losses`` restores the RNG state between the two passes for CD and CT alike).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -49,25 +50,27 @@ def consistency_loss(
     sigma_lo: Tensor,
     class_labels: Optional[Tensor],
     distance: Callable[[Tensor, Tensor], Tensor],
+    *,
+    dropout_seed: int,
     weight: Optional[Tensor] = None,
-    dropout_seed: Optional[int] = None,
     boundary: Optional[Tensor] = None,
+    target_input: Optional[Tensor] = None,
 ) -> Tensor:
     """``mean(lambda d(f_theta(x_hi, sigma_hi), sg f^-(x_lo, sigma_lo)))`` with ``x = x0 + sigma z``.
 
-    ``weight`` is ``lambda`` per sample (None: 1); ``dropout_seed`` gives both passes one dropout mask (iCT
-    appendix B); where ``boundary`` is true the target is ``x0`` itself (``f(x, sigma_min) = x``, ECT). ``model`` is
-    the objective's ``online`` (under torchrun a ``DistributedDataParallel`` wrapper, called once, with gradients);
-    ``target_net`` runs under ``no_grad``, where DDP's reducer does not see it.
+    Both passes run with the global RNG seeded to ``dropout_seed`` (``StepRandom.dropout_seed()``), so they
+    draw one dropout mask and the loss is zero when ``theta^- = theta`` and the inputs agree. ``weight`` is
+    ``lambda`` per sample (None: 1); where ``boundary`` is true the target is ``x0`` itself
+    (``f(x, sigma_min) = x``, ECT); ``target_input`` replaces ``x_lo`` (CD: the teacher's ODE step from ``x_hi``).
+    ``model`` is the objective's ``online`` (under torchrun a ``DistributedDataParallel`` wrapper, called once, with
+    gradients); ``target_net`` runs under ``no_grad``, where DDP's reducer does not see it.
     """
-    def same_mask():
-        return seeded_dropout(dropout_seed, x0.device) if dropout_seed is not None else nullcontext()
-
-    with same_mask(), torch.no_grad():
-        target = target_net(add_noise(x0, sigma_lo, z), sigma_lo, class_labels)
+    x_lo = add_noise(x0, sigma_lo, z) if target_input is None else target_input
+    with seeded_dropout(dropout_seed, x0.device), torch.no_grad():
+        target = target_net(x_lo, sigma_lo, class_labels)
     if boundary is not None:
         target = torch.where(append_dims(boundary, x0.ndim), x0, target)
-    with same_mask():
+    with seeded_dropout(dropout_seed, x0.device):
         pred = model(add_noise(x0, sigma_hi, z), sigma_hi, class_labels)
     per_sample = distance(pred, target.detach())
     return (per_sample if weight is None else weight * per_sample).mean()
