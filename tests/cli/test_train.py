@@ -218,12 +218,17 @@ def test_data_flag_moves_a_configs_images_and_keeps_their_options(tmp_path, caps
         assert main(["train", "--config", str(tmp_path / "recipe.json"), *flags, "--print-config"]) == 0
         return json.loads(capsys.readouterr().out)["data"]
 
-    kept = {"resolution": 32, "resize": "crop", "flip": True, "channels": None, "class_labels": False, "workers": 3}
+    kept = {"resolution": 32, "resize": "crop", "flip": True, "channels": None, "class_labels": False,
+            "image_column": None, "label_column": None, "split": None, "workers": 3}
     assert resolved("--data", "folder:/x") == {"kind": "folder", "toy": None, "path": "/x", **kept}
     assert resolved("--data", "prepared:/p", "--resolution", "16") == {"kind": "prepared", "toy": None,
                                                                        "path": "/p", **kept, "resolution": 16}
     assert resolved("--data", "toy:moons") == dataclasses.asdict(DataConfig(kind="toy", toy="moons"))
     assert resolved() == dataclasses.asdict(data)
+    hf = DataConfig(kind="hf", path="cifar10", resolution=32, split="test", image_column="img")
+    TrainConfig(data=hf).to_json(tmp_path / "recipe.json")
+    assert resolved("--data", "hf:/copy")["split"] == "test"  # still hf: the columns and split stay
+    assert resolved("--data", "folder:/x")["split"] is None  # hf-only options do not follow the data elsewhere
 
 
 def test_generated_flags_parse_like_the_hand_written_ones(capsys):

@@ -88,9 +88,11 @@ def build_config(args: argparse.Namespace):
     if "data" in given:
         parsed = dataclasses.asdict(DataConfig.parse(given["data"]))
         # images in another place (a recipe's data set on this machine): the config's image options (resolution,
-        # flips, classes, workers) stay; a switch to or from the 2-D toys starts from the defaults
+        # flips, classes, workers) stay; a switch to or from the 2-D toys starts from the defaults, and the hf:
+        # column / split options stay only while the data stay hf:
         if data and "toy" not in (data.get("kind"), parsed["kind"]):
-            parsed = {**data, **{key: parsed[key] for key in ("kind", "toy", "path")}}
+            hf_only = () if parsed["kind"] == "hf" else ("image_column", "label_column", "split")
+            parsed = {**data, **{key: parsed[key] for key in ("kind", "toy", "path", *hf_only)}}
         data = parsed
     data_fields = {f.name for f in dataclasses.fields(DataConfig)}
     for f in dataclasses.fields(TrainConfig):
