@@ -241,23 +241,28 @@ EDM2_KWARGS = dict(img_resolution=8, img_channels=4, label_dim=10, model_channel
 
 
 def edm2_snapshot_data(inner: Optional[nn.Module] = None, *, inner_kwargs: Optional[dict] = None,
-                       sigma_data: float = 0.5, dtype: torch.dtype = torch.float16) -> EasyDict:  # fmt: skip
+                       sigma_data: float = 0.5, dtype: torch.dtype = torch.float16,
+                       uncertainty_head: bool = True) -> EasyDict:  # fmt: skip
     """What EDM2's training loop pickles: an EasyDict of ``encoder``, ``dataset_kwargs``, ``loss_fn`` and a float16
-    ``ema`` (a ``Precond`` around ``unet`` plus the uncertainty head ``logvar_fourier`` / ``logvar_linear``)."""
+    ``ema`` (a ``Precond`` around ``unet`` plus the uncertainty head ``logvar_fourier`` / ``logvar_linear``).
+    ``uncertainty_head=False``: ECT's ImageNet ``Precond``, which has the head commented out."""
     torch.manual_seed(1)
     inner = EDM2UNetLike() if inner is None else inner
     inner_kwargs = dict(EDM2_KWARGS if inner_kwargs is None else inner_kwargs)
     wrapper = nn.Module()
     wrapper.unet = copy.deepcopy(inner)
-    wrapper.logvar_fourier = nn.Module()
-    wrapper.logvar_fourier.register_buffer("freqs", torch.randn(16))
-    wrapper.logvar_linear = nn.Linear(16, 1, bias=False)
+    names = {id(wrapper.unet): "UNet"}
+    if uncertainty_head:
+        wrapper.logvar_fourier = nn.Module()
+        wrapper.logvar_fourier.register_buffer("freqs", torch.randn(16))
+        wrapper.logvar_linear = nn.Linear(16, 1, bias=False)
+        names.update({id(wrapper.logvar_fourier): "MPFourier", id(wrapper.logvar_linear): "MPConv"})
     wrapper = wrapper.eval().requires_grad_(False).to(dtype)
     precond_kwargs = dict(img_resolution=8, img_channels=4, label_dim=10, **model_kwargs(inner_kwargs))
     ema = persisted_module(
         wrapper, "Precond", init_kwargs=precond_kwargs,
         attributes=dict(img_resolution=8, img_channels=4, label_dim=10, use_fp16=True, sigma_data=sigma_data),
-        names={id(wrapper.unet): "UNet", id(wrapper.logvar_fourier): "MPFourier", id(wrapper.logvar_linear): "MPConv"},
+        names=names,
     )  # fmt: skip
     ema.state["_modules"]["unet"].state["_init_kwargs"] = inner_kwargs
     encoder = persisted_object(

@@ -18,7 +18,7 @@ import torch
 import cmkit.convert.edm as edm
 from cmkit.convert.edm import build_edm_denoiser, convert_edm_snapshot, describe_edm_network, load_edm_denoiser
 from cmkit.io.snapshot_pickle import SnapshotError, read_network_pickle
-from cmkit.models.denoiser import call_network
+from cmkit.models.denoiser import Denoiser, call_network
 from cmkit.models.mlp import MLPNet
 from cmkit.models.modeling import load_exact_state_dict
 from cmkit.training.build import load_teacher
@@ -157,6 +157,34 @@ def test_arguments_the_reference_network_does_not_take_are_a_clear_error(tmp_pat
     write_pickle(path, edm_snapshot_data(mlp, inner_kwargs={**MLP_KWARGS, "dropout_res": 16}))
     with pytest.raises(SnapshotError, match="does not take the snapshot's recorded arguments.*dropout_res"):
         load_edm_denoiser(path, networks=NETWORKS, load_state_dict=load_exact_state_dict)
+
+
+@pytest.mark.parametrize("recorded, rebuilt", [(4.0, 4.0), (0.0, None), (None, None)])
+def test_an_ect_imagenet_snapshot_recording_dropout_res_loads_into_the_edm2_unet(tmp_path, recorded, rebuilt):
+    """ECT's ImageNet snapshots: EDM2's Precond without its uncertainty head, around EDM2's UNet with ECT's extra
+    ``dropout_res`` (recorded as its click option gives it: a float, or 0 / None for no restriction)."""
+    from cmkit.models.edm2_unet import EDM2UNet
+
+    kwargs = dict(img_resolution=8, img_channels=4, label_dim=10, model_channels=8, channel_mult=[1, 2],
+                  num_blocks=1, attn_resolutions=[4], channels_per_head=8, dropout=0.5, dropout_res=recorded)
+    torch.manual_seed(3)
+    unet = EDM2UNet(**{**kwargs, "dropout_res": rebuilt})
+    with torch.no_grad():
+        for p in unet.parameters():  # the zero-initialised gains too, so the output depends on every weight
+            p.add_(0.1 * torch.randn_like(p))
+    write_pickle(tmp_path / "ect.pkl", edm2_snapshot_data(unet, inner_kwargs=kwargs, dtype=torch.float32,
+                                                         uncertainty_head=False))  # fmt: skip
+    denoiser = load_edm_denoiser(tmp_path / "ect.pkl")
+    net = denoiser.net
+    assert isinstance(net, EDM2UNet) and net.config["dropout_res"] == rebuilt
+    drops = {name: m.drop.p for name, m in net.named_modules() if hasattr(m, "drop")}
+    assert drops == {name: 0.5 if rebuilt is None or name.startswith(("enc.4x4", "dec.4x4")) else 0.0
+                     for name in drops}  # fmt: skip
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    sigma, labels = torch.tensor([0.3, 20.0]), torch.eye(10)[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(denoiser(x, sigma, labels), Denoiser(unet.eval(), "edm")(x, sigma, labels),
+                                   rtol=0, atol=0)  # fmt: skip
 
 
 def test_convert_writes_a_teacher_directory_that_load_teacher_reads_back(tmp_path, mlp):

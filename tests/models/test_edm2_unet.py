@@ -12,12 +12,14 @@ from cmkit.models.edm2_unet import EDM2UNet
 from cmkit.models.mp_layers import MPConv, mp_cat, mp_silu, mp_sum, normalize
 from cmkit.models.reference_nets import REFERENCE_NETWORKS, load_reference_state_dict
 
-#: EDM2 training/networks_edm2.py: UNet.__init__ then Block.__init__'s options, names and defaults (None: required),
-#: then the uncertainty head of Precond (0 here: off).
+#: EDM2 training/networks_edm2.py: UNet.__init__ (with ECT's dropout_res after concat_balance, as in locuslab/ect's
+#: ImageNet branch) then Block.__init__'s options, names and defaults (None: required), then the uncertainty head of
+#: Precond (0 here: off).
 REFERENCE_SIGNATURE = {
     "img_resolution": None, "img_channels": None, "label_dim": None, "model_channels": 192,
     "channel_mult": [1, 2, 3, 4], "channel_mult_noise": None, "channel_mult_emb": None, "num_blocks": 3,
-    "attn_resolutions": [16, 8], "label_balance": 0.5, "concat_balance": 0.5, "resample_filter": [1, 1],
+    "attn_resolutions": [16, 8], "label_balance": 0.5, "concat_balance": 0.5, "dropout_res": None,
+    "resample_filter": [1, 1],
     "channels_per_head": 64, "dropout": 0, "res_balance": 0.3, "attn_balance": 0.3, "clip_act": 256,
     "logvar_channels": 0,
 }  # fmt: skip
@@ -110,3 +112,80 @@ def test_bad_configs_raise():
         EDM2UNet(**base, res_balance=1.5)
     with pytest.raises(ValueError, match="clip_act"):
         EDM2UNet(**base, clip_act=0)
+    for bad in (0, -8, "16", True):
+        with pytest.raises(ValueError, match=r"dropout_res must be a positive .*e\.g\. 16; None: every block"):
+            EDM2UNet(**base, dropout_res=bad)
+
+
+# ----- ECT's dropout_res: dropout only in the blocks at feature resolutions <= dropout_res --------------------------
+
+#: three levels (16, 8, 4 pixels), one block each; dropout 0.5.
+ECT_SMALL = dict(img_resolution=16, img_channels=3, label_dim=0, model_channels=8, channel_mult=[1, 1, 1],
+                 num_blocks=1, attn_resolutions=[4], channels_per_head=8, dropout=0.5)  # fmt: skip
+
+
+def block_resolutions(net):
+    """Each block's feature resolution from its EDM2 name (``enc.8x8_down``, ``dec.16x16_up``, ...)."""
+    from cmkit.models.edm2_unet import Block
+
+    return {name: int(name.split(".")[1].split("x")[0]) for name, m in net.named_modules() if isinstance(m, Block)}
+
+
+def with_random_gains(net):
+    """``net`` with its zero-initialised gains (``out_gain``, each block's ``emb_gain``) drawn at random, so that
+    its output depends on every block."""
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim == 0:
+                p.normal_()
+    return net
+
+
+def blocks_where_dropout_acts(net, x, timestep):
+    """The names of the blocks whose dropout changed its input in one forward pass."""
+    acted, hooks = set(), []
+    for name in block_resolutions(net):
+        drop = net.get_submodule(name).drop
+        def record(module, inputs, output, name=name):
+            if not torch.equal(inputs[0], output):
+                acted.add(name)
+
+        hooks.append(drop.register_forward_hook(record))
+    try:
+        net(x, timestep)
+    finally:
+        for h in hooks:
+            h.remove()
+    return acted
+
+
+def test_dropout_res_restricts_dropout_to_the_low_resolution_blocks_in_training_mode():
+    x, timestep = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([100.0, -300.0])
+    torch.manual_seed(0)
+    net = EDM2UNet(**ECT_SMALL, dropout_res=8).train()
+    res = block_resolutions(net)
+    assert sorted(set(res.values())) == [4, 8, 16]
+    assert blocks_where_dropout_acts(net, x, timestep) == {n for n, r in res.items() if r <= 8}
+    assert {n: net.get_submodule(n).drop.p for n in res} == {n: 0.5 if r <= 8 else 0.0 for n, r in res.items()}
+    torch.manual_seed(0)
+    edm2 = EDM2UNet(**ECT_SMALL).train()  # the default: every block, as EDM2
+    assert blocks_where_dropout_acts(edm2, x, timestep) == set(res)
+
+
+def test_dropout_res_changes_nothing_in_eval_mode_and_nothing_at_all_above_the_image_resolution():
+    x, timestep = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)), torch.tensor([100.0, -300.0])
+    torch.manual_seed(0)
+    edm2 = with_random_gains(EDM2UNet(**ECT_SMALL))
+    nets = {}
+    for dropout_res in (8, 16.0):
+        nets[dropout_res] = EDM2UNet(**ECT_SMALL, dropout_res=dropout_res)
+        nets[dropout_res].load_state_dict(edm2.state_dict())
+        assert nets[dropout_res].config["dropout_res"] == dropout_res
+    with torch.no_grad():
+        expected = edm2.eval()(x, timestep).sample
+        assert torch.equal(nets[8].eval()(x, timestep).sample, expected)
+    outputs = []
+    for net in (edm2, nets[16.0]):  # every level <= 16: the same masks as EDM2's under one seed
+        torch.manual_seed(5)
+        outputs.append(net.train()(x, timestep).sample)
+    assert torch.equal(*outputs) and not torch.equal(outputs[0], expected)

@@ -31,6 +31,12 @@ def test_config_json_round_trip(tmp_path):
         ({"export_ema_rate": 0.5}, "not one of ema_rates"),
         ({"method": "cd"}, "pass the teacher's directory"),
         ({"lr": 0.0}, "lr must be positive"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of 'constant', 'cosine', 'inverse_sqrt'"),
+        ({"lr_schedule": "inverse_sqrt"}, r"lr_schedule 'inverse_sqrt' needs lr_decay_steps \(t_ref"),
+        ({"lr_decay_steps": 100}, "lr_decay_steps applies to lr_schedule 'inverse_sqrt' only.*'constant'"),
+        ({"lr_schedule": "inverse_sqrt", "lr_decay_steps": 0}, r"lr_decay_steps must be an integer >= 1 \(t_ref"),
+        ({"lr_schedule": "inverse_sqrt", "lr_decay_steps": 2.5}, "lr_decay_steps must be an integer"),
+        ({"lr_schedule": "inverse_sqrt", "lr_decay_steps": 9, "min_lr_ratio": 0.1}, "inverse_sqrt has none"),
     ],
 )
 def test_config_errors(tmp_path, changes, message):

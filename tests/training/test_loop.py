@@ -40,6 +40,18 @@ def test_learning_rate_warmup_and_cosine(tmp_path):
     assert [learning_rate(const, k) for k in (0, 3, 5)] == [0.5, 0.5, 0.5]
 
 
+def test_learning_rate_inverse_sqrt_is_edm2s_decay(tmp_path):
+    # ECT's ECM-XL: alpha_ref 7e-4, t_ref 2000 steps, no warm-up, 100k steps: constant, then 7e-4 sqrt(2000 / k).
+    ect = toy_config(tmp_path, steps=100_000, lr=7e-4, lr_schedule="inverse_sqrt", lr_decay_steps=2000)
+    expected = {0: 7e-4, 1999: 7e-4, 2000: 7e-4, 8000: 3.5e-4, 18_000: 7e-4 / 3, 100_000: 7e-4 / 50**0.5}
+    for step, lr in expected.items():
+        assert learning_rate(ect, step) == pytest.approx(lr, rel=1e-12), step
+    assert learning_rate(ect, 100_000) == pytest.approx(0.1414 * 7e-4, rel=1e-3)  # the recipe README's final lr
+    # with a warm-up (EDM2 multiplies the two): (k + 1) / 10 up to step 9, times sqrt(t_ref / k) past t_ref = 4
+    warm = toy_config(tmp_path, steps=50, lr=1.0, warmup_steps=10, lr_schedule="inverse_sqrt", lr_decay_steps=4)
+    assert [learning_rate(warm, k) for k in (0, 3, 4, 8, 16)] == pytest.approx([0.1, 0.4, 0.5, 0.9 / 2**0.5, 0.5])
+
+
 # ----- config ----------------------------------------------------------------------------------------------------
 
 

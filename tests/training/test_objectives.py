@@ -221,8 +221,20 @@ def test_ict_has_no_target_network_and_weights_by_delta_sigma():
     assert obj(x0, None, 0, StepRandom(2, 0, B)).loss.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
-def test_ect_loss_hand_computed():
-    obj = _build("ect", steps_per_stage=10)
+def ect_inverse_dt(t, r):
+    return 1 / (t - r)
+
+
+def ect_imagenet_snrpk(t, r):
+    """locuslab/ect's ImageNet weight (``--wt snrpk``), written as its code does, with the model's sigma_data 0.7."""
+    return (t**2 + 0.7**2) / (t * 0.7) ** 2
+
+
+@pytest.mark.parametrize("options, weight", [({}, ect_inverse_dt), ({"weighting": "inverse_dt"}, ect_inverse_dt),
+                                             ({"weighting": "edm"}, ect_imagenet_snrpk)])  # fmt: skip
+def test_ect_loss_hand_computed(options, weight):
+    obj = _build("ect", steps_per_stage=10, **options)
+    obj.model.sigma_data = 0.7  # the edm weighting reads the model's sigma_data (inverse_dt ignores it)
     assert isinstance(obj, ECTObjective)
     assert obj.stage(25) == 2
     x0 = _x0()
@@ -239,9 +251,14 @@ def test_ect_loss_hand_computed():
         target = torch.where(boundary[:, None], x0, obj.model(x0 + r32[:, None] * eps, r32))
     c = 0.00054 * 2**0.5
     d = torch.sqrt((pred - target).pow(2).sum(dim=1) + c * c) - c
-    expected = (d / (t - r).float()).mean()
+    expected = (d * weight(t, r).float()).mean()
     loss = obj(x0, None, step, StepRandom(4, step, B)).loss
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_ect_weighting_must_be_known():
+    with pytest.raises(ValueError, match="weighting must be one of 'inverse_dt', 'edm', got 'snrpk'"):
+        _build("ect", weighting="snrpk")
 
 
 def test_ect_needs_a_teacher_unless_told():

@@ -7,6 +7,8 @@ The ImageNet networks of EDM2, and those of the continuous-time consistency mode
 ``enc.64x64_block0.conv_res0.weight``, ``out_gain``, ...). ``logvar_channels > 0`` adds the uncertainty head that
 EDM2 keeps in its ``Precond`` wrapper (``logvar_fourier``, ``logvar_linear``; eq. 21's ``u(sigma)``), read through
 :meth:`EDM2UNet.logvar`; it is not part of the denoiser's output, so it stays off (0) unless a loss uses it.
+``dropout_res`` is ECT's addition to this constructor (Geng et al. 2024, locuslab/ect's ImageNet branch): the blocks
+of a level whose feature resolution exceeds it get no dropout (None: every block has ``dropout``, as EDM2).
 
 Architecture, all layers magnitude-preserving (:mod:`cmkit.models.mp_layers`), no biases, no normalisation layers:
 
@@ -31,7 +33,7 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .._validate import require_int
+from .._validate import require_int, require_positive
 from ..config import register_to_config
 from ..karras import edm_noise_label
 from .conditioning import TimestepLike, batch_timesteps
@@ -117,7 +119,8 @@ class Block(nn.Module):
 
 
 class EDM2UNet(EDMNetwork):
-    """EDM2's UNet; see the module docstring. Arguments as EDM2's ``UNet`` and its ``Block``."""
+    """EDM2's UNet; see the module docstring. Arguments as EDM2's ``UNet`` and its ``Block``, plus ECT's
+    ``dropout_res``."""
 
     saved_class_name = "EDM2UNet"
 
@@ -135,6 +138,7 @@ class EDM2UNet(EDMNetwork):
         attn_resolutions: Sequence[int] = (16, 8),
         label_balance: float = 0.5,
         concat_balance: float = 0.5,
+        dropout_res: Optional[float] = None,
         resample_filter: Sequence[float] = (1, 1),
         channels_per_head: int = 64,
         dropout: float = 0,
@@ -157,11 +161,14 @@ class EDM2UNet(EDMNetwork):
                 raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
         if clip_act is not None and not (isinstance(clip_act, (int, float)) and clip_act > 0):
             raise ValueError(f"clip_act must be a positive number or None (no clipping), got {clip_act!r}")
+        dropout = check_probability("dropout", dropout)
+        if dropout_res is not None:
+            require_positive("dropout_res", dropout_res, " (a feature resolution, e.g. 16; None: every block)")
         block_options = dict(
             resample_filter=check_resample_filter(resample_filter),
             channels_per_head=require_int("channels_per_head", channels_per_head, 1),
-            dropout=check_probability("dropout", dropout), res_balance=float(res_balance),
-            attn_balance=float(attn_balance), clip_act=None if clip_act is None else float(clip_act),
+            res_balance=float(res_balance), attn_balance=float(attn_balance),
+            clip_act=None if clip_act is None else float(clip_act),
         )  # fmt: skip
         logvar_channels = require_int("logvar_channels", logvar_channels, 0, " (0: no uncertainty head)")
         self.require_fits(dict(self.config))
@@ -176,8 +183,13 @@ class EDM2UNet(EDMNetwork):
         self.emb_noise = MPConv(cnoise, cemb, kernel=[])
         self.emb_label = MPConv(self.label_dim, cemb, kernel=[]) if self.label_dim else None
 
-        def block(cin: int, cout: int, flavor: Flavor, mode: ResampleMode = "keep", attention: bool = False) -> Block:
-            return Block(cin, cout, cemb, flavor, mode, attention=attention, **block_options)  # type: ignore[arg-type]
+        def block(
+            cin: int, cout: int, res: int, flavor: Flavor, mode: ResampleMode = "keep", attention: bool = False
+        ) -> Block:
+            # ECT's dropout_res: no dropout in the blocks of a level whose resolution exceeds it.
+            p = dropout if dropout_res is None or res <= dropout_res else 0.0
+            return Block(cin, cout, cemb, flavor, mode, attention=attention, dropout=p,
+                         **block_options)  # type: ignore[arg-type]
 
         # Encoder.
         self.enc = nn.ModuleDict()
@@ -189,11 +201,11 @@ class EDM2UNet(EDMNetwork):
                 cin, cout = cout, channels
                 self.enc[f"{res}x{res}_conv"] = MPConv(cin, cout, kernel=[3, 3])
             else:
-                self.enc[f"{res}x{res}_down"] = block(cout, cout, "enc", "down")
+                self.enc[f"{res}x{res}_down"] = block(cout, cout, res, "enc", "down")
             skips.append((cout, level))
             for idx in range(blocks):
                 cin, cout = cout, channels
-                self.enc[f"{res}x{res}_block{idx}"] = block(cin, cout, "enc", attention=res in attn)
+                self.enc[f"{res}x{res}_block{idx}"] = block(cin, cout, res, "enc", attention=res in attn)
                 skips.append((cout, level))
         self.skip_levels = tuple(skips)
 
@@ -203,13 +215,13 @@ class EDM2UNet(EDMNetwork):
         for level, channels in reversed(list(enumerate(cblock))):
             res = resolution >> level
             if level == len(cblock) - 1:
-                self.dec[f"{res}x{res}_in0"] = block(cout, cout, "dec", attention=True)
-                self.dec[f"{res}x{res}_in1"] = block(cout, cout, "dec")
+                self.dec[f"{res}x{res}_in0"] = block(cout, cout, res, "dec", attention=True)
+                self.dec[f"{res}x{res}_in1"] = block(cout, cout, res, "dec")
             else:
-                self.dec[f"{res}x{res}_up"] = block(cout, cout, "dec", "up")
+                self.dec[f"{res}x{res}_up"] = block(cout, cout, res, "dec", "up")
             for idx in range(blocks + 1):
                 cin, cout = cout + pending.pop(), channels
-                self.dec[f"{res}x{res}_block{idx}"] = block(cin, cout, "dec", attention=res in attn)
+                self.dec[f"{res}x{res}_block{idx}"] = block(cin, cout, res, "dec", attention=res in attn)
         self.out_conv = MPConv(cout, self.image_channels, kernel=[3, 3])
 
         if logvar_channels:

@@ -7,7 +7,8 @@ with :data:`REFERENCE_NETWORKS` and loads the tensors with :func:`load_reference
 * ``"SongUNet"``, ``"DhariwalUNet"``: EDM's ``training/networks.py`` classes (ECT uses them too); the state-dict
   keys are the reference's, unchanged.
 * ``"edm2.UNet"``: EDM2's ``training/networks_edm2.py`` ``UNet``, whose keyword arguments include its blocks'
-  (``dropout``, ``res_balance``, ...).
+  (``dropout``, ``res_balance``, ...), and ECT's ImageNet copy of it, which adds ``dropout_res`` (ECT treats a
+  recorded 0 as "no restriction", as its ``if dropout_res and ...`` does; it becomes cmkit's None).
 * ``"EDMPrecond"``, ``"ECMPrecond"`` (ECT's, locuslab/ect), ``"edm2.Precond"``: the preconditioning wrappers,
   for a reader that prefers to hand over the wrapper's arguments and tensors (``model.*``; ``unet.*`` plus EDM2's
   uncertainty head ``logvar_*``, which becomes the network's ``logvar_channels`` head). The wrappers' own
@@ -56,11 +57,20 @@ def build_dhariwal_unet(**kwargs: Any) -> nn.Module:
     return _build(DhariwalUNet, "DhariwalUNet", kwargs)
 
 
+def _ect_dropout_res(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with ECT's ``dropout_res`` of 0, which its UNet reads as no restriction (a falsy value), as None."""
+    out = dict(kwargs)
+    if "dropout_res" in out and not isinstance(out["dropout_res"], bool) and out["dropout_res"] == 0:
+        out["dropout_res"] = None
+    return out
+
+
 def build_edm2_unet(**kwargs: Any) -> nn.Module:
-    """EDM2's ``UNet(**kwargs)`` (block arguments included) as cmkit's :class:`~cmkit.models.edm2_unet.EDM2UNet`."""
+    """EDM2's ``UNet(**kwargs)`` (block arguments included; also ECT's, with ``dropout_res``) as cmkit's
+    :class:`~cmkit.models.edm2_unet.EDM2UNet`."""
     if "logvar_channels" in kwargs:
         raise ValueError("logvar_channels is an argument of EDM2's Precond, not of its UNet; use 'edm2.Precond'")
-    return _build(EDM2UNet, "edm2.UNet", kwargs)
+    return _build(EDM2UNet, "edm2.UNet", _ect_dropout_res(kwargs))
 
 
 def build_edm_precond(
@@ -80,7 +90,7 @@ def build_edm2_precond(
     img_resolution: int, img_channels: int, label_dim: int, logvar_channels: int = 128, **kwargs: Any
 ) -> nn.Module:
     """The UNet inside EDM2's ``Precond(**kwargs)``, with the wrapper's uncertainty head (``logvar_channels``)."""
-    unet_kwargs = {k: v for k, v in kwargs.items() if k not in _EDM2_PRECOND_ONLY}
+    unet_kwargs = _ect_dropout_res({k: v for k, v in kwargs.items() if k not in _EDM2_PRECOND_ONLY})
     return _build(EDM2UNet, "edm2.Precond", dict(img_resolution=img_resolution, img_channels=img_channels,
                                                  label_dim=label_dim, logvar_channels=logvar_channels, **unet_kwargs))
 

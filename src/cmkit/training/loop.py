@@ -61,7 +61,8 @@ RESUMABLE_CHANGES = frozenset(
 )
 #: fields that may change on resumption, e.g. to extend a run or rescue a diverging one; the result then differs
 #: from a fresh run of either config (schedules such as N(k) and the cosine decay depend on ``steps``).
-RECOVERY_CHANGES = frozenset({"steps", "lr", "grad_clip", "precision", "warmup_steps", "lr_schedule", "min_lr_ratio"})
+RECOVERY_CHANGES = frozenset({"steps", "lr", "grad_clip", "precision", "warmup_steps", "lr_schedule", "min_lr_ratio",
+                              "lr_decay_steps"})
 
 
 class NonFiniteLossError(RuntimeError):
@@ -69,10 +70,20 @@ class NonFiniteLossError(RuntimeError):
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
-    """The learning rate at ``step``: linear warm-up, then constant or cosine decay to ``min_lr_ratio * lr``."""
+    """The learning rate at ``step`` (0-based): a linear warm-up ``min(1, (step + 1) / warmup_steps)`` times
+
+    * ``constant``: ``lr``;
+    * ``cosine``: a cosine from ``lr`` after the warm-up to ``min_lr_ratio * lr`` at ``steps``;
+    * ``inverse_sqrt``: EDM2's ``alpha(t) = alpha_ref / sqrt(max(t / t_ref, 1))`` (Karras et al. 2024, sec. 2.3,
+      with its warm-up multiplied in, as EDM2's code does) with ``alpha_ref = lr``, ``t = step`` and
+      ``t_ref = lr_decay_steps``: constant until ``t_ref``, then ``lr sqrt(t_ref / step)``.
+    """
     warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
     if config.lr_schedule == "constant":
         return config.lr * warm
+    if config.lr_schedule == "inverse_sqrt":
+        assert config.lr_decay_steps is not None  # TrainConfig requires it
+        return config.lr * warm / math.sqrt(max(step / config.lr_decay_steps, 1.0))
     span = max(1, config.steps - config.warmup_steps)
     progress = min(1.0, max(0.0, (step - config.warmup_steps) / span))
     ratio = config.min_lr_ratio + (1.0 - config.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
