@@ -18,7 +18,7 @@ STAGES=${*:-data teacher cd ect}
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 RECIPE=recipes/digits/unet
-# --data replaces the config's whole data section, so its other options are given again
+# --data moves the config's data to this run's prepared copy (the config's class labels and workers stay; repeated here for clarity)
 DATA=(--data "prepared:$RUNS/prepared" --class-labels --workers 1)
 
 # timed NAME CMD...: run a training command, then record its wall and CPU seconds in RUNS/NAME/cpu_seconds.json
