@@ -29,7 +29,9 @@ SIGMA_MAX = 80.0
 SIGMA_DATA = 0.5
 RHO = 7.0
 
-Parameterization = Literal["consistency", "edm"]
+Parameterization = Literal["consistency", "edm", "trigflow"]
+#: every parameterization a Denoiser / pipeline may record ("trigflow": sCM, see cmkit.trigflow).
+PARAMETERIZATIONS: tuple[str, ...] = ("consistency", "edm", "trigflow")
 SigmaLike = Union[Tensor, np.ndarray, float]
 
 

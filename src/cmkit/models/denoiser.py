@@ -4,16 +4,45 @@
 (EDM eq. 7; CM appendix C). The network sees exactly what the diffusers pipeline feeds the UNet
 (``scale_model_input`` = ``c_in x`` and ``timestep`` = ``c_noise``), so a trained consistency model is
 sampled by the ordinary :class:`~cmkit.ConsistencyModelPipeline` with ``CMStochasticIterativeScheduler``.
+
+``parameterization="trigflow"`` is sCM's (Lu & Song 2024, eq. 8): the wrapper still takes EDM's ``(x_sigma, sigma)``
+and returns the clean estimate, through ``t = arctan(sigma / sigma_d)``, ``x_t = cos(t) x_sigma`` and
+``f = cos(t) x_t - sin(t) sigma_d F(x_t / sigma_d, 1000 t)`` (:mod:`cmkit.trigflow`), so every sigma-space sampler
+and editor works on TrigFlow models unchanged. :meth:`Denoiser.trigflow_F` exposes the raw ``F`` in TrigFlow time
+for the sCT / sCD objectives (which differentiate it with ``torch.func.jvp``).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
-from ..karras import SIGMA_DATA, SIGMA_MIN, Parameterization, append_dims, c_in, output_scalings, sigma_to_timestep
+from ..karras import (
+    PARAMETERIZATIONS,
+    SIGMA_DATA,
+    SIGMA_MIN,
+    Parameterization,
+    append_dims,
+    c_in,
+    output_scalings,
+    sigma_to_timestep,
+)
+from ..trigflow import (
+    edm_to_trigflow_x,
+    sigma_to_t,
+    t_to_sigma,
+    trigflow_consistency,
+    trigflow_F_from_denoised,
+    trigflow_timestep,
+    trigflow_to_edm_x,
+)
+
+#: ``model(x_sigma, sigma, class_labels) -> clean estimate`` (a Denoiser, an EDM teacher, a consistency function).
+DenoiseFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+#: ``F(x_t, t, class_labels) -> F`` in TrigFlow time (e.g. ``Denoiser.trigflow_F``).
+TrigFlowFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
 
 def call_network(net: nn.Module, x: Tensor, timestep: Tensor, class_labels: Optional[Tensor]) -> Tensor:
@@ -23,7 +52,7 @@ def call_network(net: nn.Module, x: Tensor, timestep: Tensor, class_labels: Opti
 
 
 class Denoiser(nn.Module):
-    """A network ``F`` preconditioned as a consistency function ``f`` or an EDM denoiser ``D``."""
+    """A network ``F`` preconditioned as a consistency function ``f``, an EDM denoiser ``D`` or an sCM ``f``."""
 
     def __init__(
         self,
@@ -33,8 +62,10 @@ class Denoiser(nn.Module):
         sigma_data: float = SIGMA_DATA,
     ) -> None:
         super().__init__()
-        if parameterization not in ("consistency", "edm"):
-            raise ValueError(f"parameterization must be 'consistency' or 'edm', got {parameterization!r}")
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(
+                f"parameterization must be one of {', '.join(map(repr, PARAMETERIZATIONS))}, got {parameterization!r}"
+            )
         self.net = net
         self.parameterization: Parameterization = parameterization
         self.sigma_min = float(sigma_min)
@@ -45,7 +76,56 @@ class Denoiser(nn.Module):
         sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
+        if self.parameterization == "trigflow":
+            return denoised_of_trigflow(self.trigflow_F, x, sigma, class_labels, self.sigma_data)
         c_skip, c_out = output_scalings(sigma, self.parameterization, self.sigma_min, self.sigma_data)
         x_in = x * append_dims(c_in(sigma, self.sigma_data), x.ndim).to(x.dtype)
         f = call_network(self.net, x_in, sigma_to_timestep(sigma), class_labels)
         return append_dims(c_skip, x.ndim) * x + append_dims(c_out, x.ndim) * f.to(x.dtype)
+
+    def trigflow_F(self, x_t: Tensor, t: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
+        """The raw network output ``F_theta(x_t / sigma_d, c_noise(t))`` at TrigFlow time ``t`` (sCM eq. 8).
+
+        ``t`` is per sample (``[B]``; a scalar is broadcast), in radians; the network receives
+        ``timestep = trigflow_timestep(t) = 1000 t``. Pure tensor ops, so ``torch.func.jvp`` may carry tangents in
+        both ``x_t`` and ``t``. Only for ``parameterization="trigflow"``.
+        """
+        if self.parameterization != "trigflow":
+            raise ValueError(
+                f"trigflow_F needs a Denoiser built with parameterization='trigflow', this one is "
+                f"{self.parameterization!r}; view an EDM or consistency model in TrigFlow time with "
+                "cmkit.models.denoiser.trigflow_F_of(model, x_t, t, class_labels, sigma_data)"
+            )
+        if not isinstance(t, Tensor):
+            t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        return call_network(self.net, x_t / self.sigma_data, trigflow_timestep(t), class_labels)
+
+
+def trigflow_F_of(
+    model: DenoiseFn, x_t: Tensor, t: Tensor, class_labels: Optional[Tensor] = None, sigma_data: float = SIGMA_DATA
+) -> Tensor:
+    """Any sigma-space model viewed as a TrigFlow model: its ``F`` at ``0 < t < pi/2`` (sCM sec. 2).
+
+    ``F = (cos(t) x_t - D(x_t / cos t, sigma_d tan t)) / (sin(t) sigma_d)``, where ``D`` is ``model`` (an EDM
+    denoiser, a CM consistency function, or a TrigFlow Denoiser). The TrigFlow consistency function of this ``F``
+    reproduces ``D`` (:func:`denoised_of_trigflow`); an EDM teacher's ``sigma_d F`` is its PF-ODE velocity
+    ``dx_t/dt`` (the sCD target).
+    """
+    sigma = t_to_sigma(t, sigma_data)
+    denoised = model(trigflow_to_edm_x(x_t, t.to(x_t.dtype)), sigma, class_labels)
+    return trigflow_F_from_denoised(x_t, t, denoised.to(x_t.dtype), sigma_data)
+
+
+def denoised_of_trigflow(
+    trigflow_F: TrigFlowFn,
+    x_sigma: Tensor,
+    sigma: Tensor,
+    class_labels: Optional[Tensor] = None,
+    sigma_data: float = SIGMA_DATA,
+) -> Tensor:
+    """A TrigFlow ``F`` viewed in EDM's sigma space: ``D(x_sigma, sigma) = f(cos(t) x_sigma, t)``, ``t = arctan(sigma / sigma_d)``."""
+    t = sigma_to_t(sigma, sigma_data)
+    x_t = edm_to_trigflow_x(x_sigma, t.to(x_sigma.dtype))
+    return trigflow_consistency(x_t, t, trigflow_F(x_t, t, class_labels).to(x_sigma.dtype), sigma_data)
