@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "ImagePipelineOutput": "cmkit.pipeline_types",
     "CMStochasticIterativeScheduler": "cmkit.schedulers.cm",
     "TCDScheduler": "cmkit.schedulers.tcd",
+    "SCMScheduler": "cmkit.schedulers.scm",
     "UNet2DModel": "cmkit.models.unet",
     "SongUNet": "cmkit.models.song_unet",
     "DhariwalUNet": "cmkit.models.dhariwal_unet",
