@@ -15,6 +15,10 @@ Deliberate differences from diffusers 0.42 (see docs/sampling.md):
 * float16 on a CPU warns and suggests bfloat16 (float16 matrix products are ~1000x slower there);
 * a model may be any network exposing ``sample_shape`` (e.g. an MLP on 2-D points);
 * a ``cmkit_default_timesteps`` entry in ``model_index.json`` supplies tuned timesteps for a step count;
+* a TrigFlow (sCM, Lu & Song 2024) model, recorded as ``cmkit_parameterization: "trigflow"`` or held with an
+  ``SCMScheduler``, is sampled in TrigFlow time: ``x = sigma_d z`` at ``t ~ pi/2``, the network gets ``x / sigma_d``
+  at ``timestep = 1000 t`` (:func:`cmkit.trigflow.trigflow_timestep`) and ``scheduler.step`` gets ``sigma_d F``;
+  2 steps default to the paper's intermediate ``t = 1.1``; ``timesteps`` are the TrigFlow times visited (radians);
 * ``latents`` may be a NumPy array (converted with ``torch.from_numpy``); non-finite latents, a generator that is
   not a ``torch.Generator`` (e.g. a seed: pass ``torch.Generator().manual_seed(seed)``) and a batch whose samples
   cannot fit the device's memory (:mod:`cmkit.limits`) raise before anything is drawn.
@@ -43,6 +47,7 @@ from .pipeline_io import load_components, parse_default_timesteps, save_componen
 from .pipeline_types import ClassLabels, ImagePipelineOutput, PipelineResult, StepCallback, pipeline_output
 from .postprocess import OutputType, postprocess
 from .rng import GeneratorArg, randn
+from .trigflow import DEFAULT_INTERMEDIATE_T, trigflow_timestep
 
 __all__ = ["ConsistencyModelPipeline", "ImagePipelineOutput", "sampler_dtype", "unwrap_model"]
 
@@ -57,6 +62,11 @@ def unwrap_model(module: Any) -> Any:
     return getattr(module, "_orig_mod", module)
 
 
+def _is_trigflow_scheduler(scheduler: Any) -> bool:
+    """Whether ``scheduler`` samples in TrigFlow time (cmkit's or diffusers' ``SCMScheduler``)."""
+    return getattr(getattr(scheduler, "config", None), "prediction_type", None) == "trigflow"
+
+
 class ConsistencyModelPipeline:
     """Unconditional or class-conditional sampling with a consistency model, call-compatible with diffusers'."""
 
@@ -67,8 +77,9 @@ class ConsistencyModelPipeline:
         self.default_timesteps: dict[str, list[int]] = {}
         self._progress_bar_config: dict[str, Any] = {}
         self._silence_dtype_warnings = False
-        #: "consistency", or "edm" for a diffusion teacher saved by ``cmkit train --method edm`` (not sampleable here).
-        self.parameterization: Parameterization = "consistency"
+        #: "consistency"; "edm" for a diffusion teacher saved by ``cmkit train --method edm`` (not sampleable here);
+        #: "trigflow" for an sCM model (set by an ``SCMScheduler`` or the saved ``cmkit_parameterization``).
+        self.parameterization: Parameterization = "trigflow" if _is_trigflow_scheduler(scheduler) else "consistency"
 
     @property
     def components(self) -> dict[str, Any]:
@@ -169,7 +180,12 @@ class ConsistencyModelPipeline:
             unet.eval()
         pipe = cls(**components)
         pipe.default_timesteps = defaults
-        pipe.parameterization = parameterization
+        if _is_trigflow_scheduler(pipe.scheduler) and parameterization not in ("consistency", "trigflow"):
+            raise ValueError(
+                f"{pretrained_model_name_or_path} records cmkit_parameterization {parameterization!r} but holds an "
+                "SCMScheduler, which samples TrigFlow models only; fix cmkit_parameterization in model_index.json"
+            )
+        pipe.parameterization = "trigflow" if _is_trigflow_scheduler(pipe.scheduler) else parameterization
         if target_dtype is not None or device is not None:
             pipe.to(device=device, dtype=target_dtype)
         return pipe
@@ -205,6 +221,8 @@ class ConsistencyModelPipeline:
             latents = randn((batch_size, *sample_shape), generator=generator, device=device, dtype=dtype)
         else:
             latents = latents.to(device=device, dtype=dtype)
+        if self.parameterization == "trigflow":  # x_{pi/2} = sigma_d z (diffusers' SCMScheduler stores 1.0)
+            return latents * self.scheduler.config.sigma_data
         return latents * self.scheduler.init_noise_sigma
 
     def prepare_class_labels(
@@ -226,7 +244,7 @@ class ConsistencyModelPipeline:
 
     def require_consistency_model(self) -> None:
         """Raise if the network is an EDM diffusion teacher: one-step consistency sampling would be wrong for it."""
-        if self.parameterization != "consistency":
+        if self.parameterization == "edm":
             raise ValueError(
                 "this pipeline holds an EDM diffusion teacher (cmkit_parameterization 'edm'), not a consistency "
                 "model, so consistency sampling would give wrong images. Sample it with the Heun ODE solver: "
@@ -280,6 +298,11 @@ class ConsistencyModelPipeline:
         state_dtype = sampler_dtype(dtype)
         sample = self.prepare_latents(batch_size, sample_shape, state_dtype, device, generator, latents)
         labels = self.prepare_class_labels(batch_size, device, class_labels, generator)
+        if self.parameterization == "trigflow":
+            sample = self._sample_trigflow(
+                sample, labels, num_inference_steps, timesteps, generator, dtype, callback, callback_steps
+            )
+            return pipeline_output(postprocess(sample.to(dtype), output_type), return_dict)
         schedule = self._set_timesteps(num_inference_steps, timesteps, device)
 
         with self.progress_bar(total=len(schedule)) as bar:
@@ -292,6 +315,44 @@ class ConsistencyModelPipeline:
                     callback(i, t, sample)
 
         return pipeline_output(postprocess(sample.to(dtype), output_type), return_dict)
+
+    def _sample_trigflow(
+        self,
+        sample: Tensor,
+        labels: Optional[Tensor],
+        num_inference_steps: Optional[int],
+        timesteps: Optional[Sequence[float]],
+        generator: GeneratorArg,
+        dtype: torch.dtype,
+        callback: Optional[StepCallback],
+        callback_steps: int,
+    ) -> Tensor:
+        """sCM multistep sampling (Lu & Song 2024): the scheduler's TrigFlow times, the network at ``1000 t``."""
+        scheduler = self.scheduler
+        if not _is_trigflow_scheduler(scheduler):
+            raise ValueError(
+                f"this pipeline holds a TrigFlow (sCM) model but a {type(scheduler).__name__}; sample it with "
+                "cmkit.SCMScheduler(sigma_data=...): ConsistencyModelPipeline(unet, SCMScheduler(...))"
+            )
+        if timesteps is not None:  # the times visited; the chain ends at t = 0
+            visited = [float(t) for t in timesteps]
+            scheduler.set_timesteps(len(visited), timesteps=[*visited, 0.0], device=self.device)
+        elif num_inference_steps == 2:
+            scheduler.set_timesteps(2, intermediate_timesteps=DEFAULT_INTERMEDIATE_T, device=self.device)
+        else:
+            scheduler.set_timesteps(num_inference_steps, device=self.device)
+        sigma_data = float(scheduler.config.sigma_data)
+        state_dtype = sample.dtype
+        schedule = scheduler.timesteps[:-1]
+        with self.progress_bar(total=len(schedule)) as bar:
+            for i, t in enumerate(schedule):
+                model_input = (sample / sigma_data).to(dtype)
+                F = call_network(self.unet, model_input, trigflow_timestep(t), labels).to(state_dtype)
+                sample = scheduler.step(F * sigma_data, t, sample, generator=generator)[0]
+                bar.update()
+                if callback is not None and i % callback_steps == 0:
+                    callback(i, t, sample)
+        return sample
 
     # ----- zero-shot editing (CM Algorithm 4): cmkit.editing.pipeline_edits; ``options``: the EditOptions fields
     def consistency_function(self) -> ConsistencyFn:

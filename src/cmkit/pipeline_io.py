@@ -19,15 +19,16 @@ from ._validate import is_int
 from .config import DIFFUSERS_COMPAT_VERSION
 from .io.atomic import atomic_write_text
 from .io.hub import resolve_pretrained
-from .karras import Parameterization
+from .karras import PARAMETERIZATIONS, Parameterization
 from .registry import component_entry, resolve_component_class
 
 MODEL_INDEX = "model_index.json"
 PIPELINE_CLASS_NAME = "ConsistencyModelPipeline"
 COMPONENT_NAMES: tuple[str, ...] = ("unet", "scheduler")
 DEFAULT_TIMESTEPS_KEY = "cmkit_default_timesteps"
-#: how the saved network is preconditioned: "consistency" (the default) or "edm" (a diffusion teacher, which
-#: must be sampled with an ODE solver such as cmkit.sampling.sample_heun, not by this pipeline).
+#: how the saved network is preconditioned: "consistency" (the default), "edm" (a diffusion teacher, which
+#: must be sampled with an ODE solver such as cmkit.sampling.sample_heun, not by this pipeline) or "trigflow"
+#: (an sCM model, sampled with SCMScheduler in TrigFlow time).
 PARAMETERIZATION_KEY = "cmkit_parameterization"
 
 #: files a hub download needs (configs and weights of the two components), never the whole repository.
@@ -92,8 +93,11 @@ def parse_parameterization(value: Any, source: str = MODEL_INDEX) -> Parameteriz
     """Validate the ``cmkit_parameterization`` entry (absent means "consistency")."""
     if value is None:
         return "consistency"
-    if value not in ("consistency", "edm"):
-        raise ValueError(f"{PARAMETERIZATION_KEY} in {source} must be 'consistency' or 'edm', got {value!r}")
+    if value not in PARAMETERIZATIONS:
+        raise ValueError(
+            f"{PARAMETERIZATION_KEY} in {source} must be 'consistency' or 'edm', got {value!r} (or 'trigflow' for an "
+            "sCM model; remove the key for a consistency model)"
+        )
     return value
 
 

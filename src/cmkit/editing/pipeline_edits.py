@@ -95,7 +95,9 @@ def consistency_function(pipe: EditablePipeline) -> ConsistencyFn:
     """``f(x, sigma, class_labels)`` of the pipeline's network, computed in float32 around the network's dtype."""
     pipe.require_consistency_model()
     cfg = _sigma_config(pipe)
-    f = Denoiser(pipe.unet, "consistency", cfg["sigma_min"], cfg["sigma_data"])
+    # a TrigFlow (sCM) model is edited through its sigma-space view (Denoiser "trigflow"); the math is the same
+    parameterization = "trigflow" if getattr(pipe, "parameterization", None) == "trigflow" else "consistency"
+    f = Denoiser(pipe.unet, parameterization, cfg["sigma_min"], cfg["sigma_data"])
     dtype = pipe.dtype
 
     def fn(x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
