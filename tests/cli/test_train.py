@@ -246,3 +246,19 @@ def test_generated_flags_parse_like_the_hand_written_ones(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--channels", "2"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["sct", "scd"])
+def test_sct_and_scd_export_a_trigflow_pipeline(method, teacher, tmp_path, capsys):
+    from cmkit import ConsistencyModelPipeline
+
+    out = tmp_path / method
+    extra = ["--teacher", str(teacher)] if method == "scd" else [*TINY_MLP]
+    assert main(["train", "--method", method, *extra, "--data", "toy:moons", "--steps", "2", "--option",
+                 "warmup_steps=1", "--output", str(out), *FAST]) == 0  # fmt: skip
+    assert f"trained {method} for 2 steps" in capsys.readouterr().out
+    assert json.loads((out / "model_index.json").read_text())["cmkit_parameterization"] == "trigflow"
+    assert not any(k.startswith("scm_log_variance") for k in weights(out))  # the training-only head is not exported
+    pipe = ConsistencyModelPipeline.from_pretrained(out)
+    points = pipe(batch_size=4, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    assert points.shape == (4, 2) and torch.isfinite(points).all()

@@ -323,8 +323,8 @@ def test_method_registry_is_the_one_method_list():
     from cmkit.training.config import TrainConfig
     from cmkit.training.objectives import METHOD_SPECS, METHODS, TEACHER_METHODS, BaseObjective, TargetObjective
 
-    assert METHODS == tuple(METHOD_SPECS) == ("edm", "cd", "ct", "ict", "ect")
-    assert TEACHER_METHODS == ("cd", "ect")
+    assert METHODS == tuple(METHOD_SPECS) == ("edm", "cd", "ct", "ict", "ect", "sct", "scd")
+    assert TEACHER_METHODS == ("cd", "ect", "scd")
     assert typing.get_args(typing.get_type_hints(TrainConfig)["method"]) == METHODS
     assert {m for m, s in METHOD_SPECS.items() if s.takes_run_length} == {"ct", "ict"}
     assert {m: s.parameterization for m, s in METHOD_SPECS.items()}["edm"] == "edm"

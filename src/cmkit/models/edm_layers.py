@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .forward_ad import attention, group_norm
+
 InitMode = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal"]
 
 
@@ -189,7 +191,7 @@ class GroupNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise ``[B, C, H, W]``."""
-        return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+        return group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,7 @@ class UNetBlock(nn.Module):
         d = c // self.num_heads
         qkv = self.qkv(h).reshape(b, self.num_heads, d, 3, height * width)
         q, k, v = (qkv[:, :, :, i].transpose(-1, -2) for i in range(3))  # [B, heads, HW, d] each
-        a = F.scaled_dot_product_attention(q, k, v)
+        a = attention(q, k, v)
         return a.transpose(-1, -2).reshape(b, c, height, width)
 
 

@@ -138,7 +138,9 @@ class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
                 f"can match the encoder's skips; got {tuple(sample.shape[-2:])}"
             )
         batch, device = sample.shape[0], sample.device
-        noise_labels = edm_noise_label(batch_timesteps(timestep, batch, device).float())
+        timesteps = batch_timesteps(timestep, batch, device)
+        # at least float32; float64 stays float64 (exact derivatives in tests)
+        noise_labels = edm_noise_label(timesteps.to(torch.promote_types(timesteps.dtype, torch.float32)))
         labels = self._class_vectors(class_labels, batch, device)
         if augment_labels is not None:
             if not self.augment_dim:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .forward_ad import attention, group_norm
 from .prepack import conv2d
 
 ActivationName = Literal["silu", "swish", "mish", "gelu", "relu"]
@@ -40,22 +41,29 @@ def activation(name: str) -> nn.Module:
 def timestep_embedding(
     timesteps: Tensor, dim: int, flip_sin_to_cos: bool = True, freq_shift: float = 0.0, max_period: float = 10000.0
 ) -> Tensor:
-    """Sinusoidal embedding ``[sin(t w_k), cos(t w_k)]`` of a 1-d batch of (fractional) timesteps, in float32.
+    """Sinusoidal embedding ``[sin(t w_k), cos(t w_k)]`` of a 1-d batch of (fractional) timesteps, in (at least) float32.
 
     ``w_k = exp(-ln(max_period) k / (dim/2 - freq_shift))`` for ``k < dim/2`` (Vaswani et al. 2017, sec. 3.5;
     DDPM appendix B). ``flip_sin_to_cos`` puts the cosines first (the OpenAI checkpoints' order).
     An odd ``dim`` is padded with one zero column.
     """
     half = dim // 2
-    exponent = (-math.log(max_period)) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+    dtype = torch.promote_types(timesteps.dtype, torch.float32)  # float64 timesteps stay float64
+    exponent = (-math.log(max_period)) * torch.arange(half, dtype=dtype, device=timesteps.device)
     freqs = torch.exp(exponent / (half - freq_shift))
-    args = timesteps.float()[:, None] * freqs[None, :]
+    args = timesteps.to(dtype)[:, None] * freqs[None, :]
     parts = (torch.cos(args), torch.sin(args)) if flip_sin_to_cos else (torch.sin(args), torch.cos(args))
     emb = torch.cat(parts, dim=-1)
     if dim % 2 == 1:
         emb = F.pad(emb, (0, 1))
     return emb
 
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` that also runs under forward-mode AD (:func:`cmkit.models.forward_ad.group_norm`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 class TimestepEmbedding(nn.Module):
     """Two-layer MLP ``linear_2(act(linear_1(e)))`` that lifts a timestep embedding to ``time_embed_dim``."""
@@ -102,11 +110,11 @@ class ResnetBlock2D(nn.Module):
         self.time_scale_shift = time_scale_shift
         self.output_scale_factor = float(output_scale_factor)
         self.resample = resample
-        self.norm1 = nn.GroupNorm(groups, in_channels, eps=eps)
+        self.norm1 = GroupNorm(groups, in_channels, eps=eps)
         self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         proj_channels = 2 * out_channels if time_scale_shift == "scale_shift" else out_channels
         self.time_emb_proj = nn.Linear(temb_channels, proj_channels)
-        self.norm2 = nn.GroupNorm(groups, out_channels, eps=eps)
+        self.norm2 = GroupNorm(groups, out_channels, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
         self.nonlinearity = activation(act_fn)
@@ -161,7 +169,7 @@ class Attention(nn.Module):
     ``out = (x + to_out(softmax(q k^T / sqrt(d)) v)) / rescale_output_factor`` with ``q, k, v`` linear maps of
     the (optionally group-normalised) features (Vaswani et al. 2017; the ADM attention block). ``heads`` heads of
     width ``head_dim``; ``heads * head_dim`` may be smaller than ``channels``. Uses
-    :func:`torch.nn.functional.scaled_dot_product_attention`.
+    :func:`cmkit.models.forward_ad.attention` (the fused kernel, written out when a JVP tangent is traced).
     """
 
     def __init__(
@@ -184,7 +192,7 @@ class Attention(nn.Module):
         self.head_dim = head_dim
         self.rescale_output_factor = float(rescale_output_factor)
         inner = heads * head_dim
-        self.group_norm = nn.GroupNorm(norm_groups, channels, eps=eps) if norm_groups is not None else None
+        self.group_norm = GroupNorm(norm_groups, channels, eps=eps) if norm_groups is not None else None
         self.to_q = nn.Linear(channels, inner)
         self.to_k = nn.Linear(channels, inner)
         self.to_v = nn.Linear(channels, inner)
@@ -199,7 +207,7 @@ class Attention(nn.Module):
         q = self.to_q(h).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
         k = self.to_k(h).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
         v = self.to_v(h).view(b, -1, self.heads, self.head_dim).transpose(1, 2)
-        a = F.scaled_dot_product_attention(q, k, v)
+        a = attention(q, k, v)
         a = a.transpose(1, 2).reshape(b, height * width, self.heads * self.head_dim)
         # back to [B, C, H, W] as a channels-last view of the [B, L, C] projection
         out = self.to_out[0](a).view(b, height, width, c).permute(0, 3, 1, 2)

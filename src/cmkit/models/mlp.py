@@ -33,10 +33,9 @@ TIMESTEP_PER_LOG_SIGMA = 250.0
 def sinusoidal_embedding(log_sigma: Tensor, dim: int, min_freq: float, max_freq: float) -> Tensor:
     """``[cos(w_j s), sin(w_j s)]`` of ``s = log_sigma`` for ``dim/2`` frequencies ``w_j`` spaced geometrically."""
     half = dim // 2
-    freqs = torch.exp(
-        torch.linspace(math.log(min_freq), math.log(max_freq), half, device=log_sigma.device, dtype=torch.float32)
-    )
-    args = log_sigma.float()[:, None] * freqs[None, :]
+    dtype = torch.promote_types(log_sigma.dtype, torch.float32)  # at least float32; float64 stays float64
+    freqs = torch.exp(torch.linspace(math.log(min_freq), math.log(max_freq), half, device=log_sigma.device, dtype=dtype))
+    args = log_sigma.to(dtype)[:, None] * freqs[None, :]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
@@ -138,10 +137,11 @@ class MLPNet(PretrainedMixin, ConfigMixin, nn.Module):
                 f"MLPNet expects samples of shape [B, {', '.join(map(str, self._sample_shape))}], got "
                 f"{tuple(sample.shape)}; build it with sample_shape={tuple(sample.shape[1:])}"
             )
-        t = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32)
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.to(torch.promote_types(t.dtype, torch.float32))  # float64 kept (exact derivatives in tests)
         if t.ndim == 0:
             t = t.expand(batch)
-        # the sinusoidal features are computed in float32 (the phase of large timesteps needs it), then cast to the
+        # the sinusoidal features are computed in (at least) float32 (the phase of large timesteps needs it), then cast to the
         # weights' dtype so a bf16 / fp16 network runs end to end in that dtype
         features = sinusoidal_embedding(t / TIMESTEP_PER_LOG_SIGMA, self.embedding_dim, self.min_frequency, self.max_frequency)
         emb = self.time_mlp(features.to(self.dtype))

@@ -30,7 +30,8 @@ from .edm_layers import building_on_meta
 def normalize(x: Tensor, dim: Optional[Sequence[int]] = None, eps: float = 1e-4) -> Tensor:
     """``x`` scaled to unit mean square over ``dim`` (default: all but the first), with ``eps`` on the norm."""
     dims = list(range(1, x.ndim)) if dim is None else list(dim)
-    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.float32)
+    # at least float32 (bf16/fp16 inputs), float64 stays float64 (vector_norm refuses a narrowing dtype)
+    norm = torch.linalg.vector_norm(x, dim=dims, keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32))
     norm = torch.add(eps, norm, alpha=math.sqrt(norm.numel() / x.numel()))
     return x / norm.to(x.dtype)
 
@@ -69,8 +70,9 @@ class MPFourier(nn.Module):
         self.register_buffer("phases", phases)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[B]`` -> ``[B, num_channels]``, computed in float32 and returned in ``x``'s dtype."""
-        y = torch.outer(x.to(torch.float32), self.freqs.to(torch.float32)) + self.phases.to(torch.float32)
+        """``[B]`` -> ``[B, num_channels]``, computed in (at least) float32 and returned in ``x``'s dtype."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        y = torch.outer(x.to(dtype), self.freqs.to(dtype)) + self.phases.to(dtype)
         return (y.cos() * math.sqrt(2)).to(x.dtype)
 
 

@@ -7,7 +7,7 @@ eagerly and 1.8 ms with a pre-packed kernel (bfloat16; float32 21 -> 10 ms), wit
 the weight pre-packing ``torch.compile`` does under ``freezing``, done once per weight version in eager mode.
 
 :func:`conv2d` uses a cached packed kernel when autograd and autocast are off, the tensors are float32 or
-bfloat16 on a CPU with oneDNN, the input is channels-last and nothing is being traced; otherwise it is
+bfloat16 on a CPU with oneDNN, the input is channels-last and nothing is being traced (nor a JVP tangent); otherwise it is
 ``module(x)``. bfloat16 kernels are packed only where oneDNN runs its bf16 kernels on this CPU (AVX-512 BW/VL/DQ or
 AVX-NE-CONVERT, and no ``ONEDNN_MAX_CPU_ISA`` cap below them; see :mod:`cmkit.hardware`): elsewhere, e.g. on
 AVX2-only CPUs, the reorder refuses to run, so bf16 convolutions take the plain op. That is decided once, at
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..hardware import cpu_info
+from .forward_ad import has_tangent
 
 #: the two oneDNN entry points inductor uses for the same job; absent from builds without oneDNN
 _AVAILABLE = (
@@ -56,6 +57,7 @@ def _can_pack(module: nn.Conv2d, x: Tensor) -> bool:
         and isinstance(module.padding, tuple)
         and not torch.compiler.is_compiling()
         and not torch.jit.is_scripting()
+        and not has_tangent(x)  # oneDNN's packed convolution has no forward-mode derivative (torch.func.jvp)
         and torch.backends.mkldnn.enabled
     )
 
@@ -87,6 +89,15 @@ def packs(dtype: torch.dtype) -> bool:
 def conv2d(module: nn.Conv2d, x: Tensor) -> Tensor:
     """``module(x)``; in CPU inference on channels-last input, with the kernel pre-packed once for oneDNN."""
     if not _can_pack(module, x):
+        device = x.device.type
+        if has_tangent(x) and torch.is_autocast_enabled(device):
+            # under autocast a traced input may hold a bf16 primal with a float32 tangent (autocast casts primals,
+            # not always tangents), which the convolution's forward derivative refuses: pass through float32 so
+            # both are cast, and cast the weights ourselves with autocast off
+            dtype = torch.get_autocast_dtype(device)
+            bias = module.bias.to(dtype) if module.bias is not None else None
+            with torch.autocast(device, enabled=False):
+                return module._conv_forward(x.float().to(dtype), module.weight.to(dtype), bias)
         return module(x)
     try:
         weight = _packed_weight(module, x)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigMixin, register_to_config
 from .conditioning import batch_timesteps
-from .layers import TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
+from .layers import GroupNorm, TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
 from .modeling import PretrainedMixin
 from .prepack import conv2d
 from .unet_blocks import DownStage, MidStage, Stage, StageSettings, UpStage
@@ -162,7 +162,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
                 )
             )
 
-        self.conv_norm_out = nn.GroupNorm(norm_num_groups, c0, eps=norm_eps)
+        self.conv_norm_out = GroupNorm(norm_num_groups, c0, eps=norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(c0, out_channels, kernel_size=3, padding=1)
         self._downsample_factor = 2 ** (n - 1)

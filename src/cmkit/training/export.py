@@ -3,7 +3,8 @@
 Layout (diffusers'): ``unet/`` (config.json + diffusion_pytorch_model.safetensors), ``scheduler/``
 (``CMStochasticIterativeScheduler`` with the run's grid size N and sigma range) and ``model_index.json``.
 ``model_index.json`` also records ``cmkit_parameterization``: ``"edm"`` marks a diffusion teacher (sampled with
-Heun, loadable as ``--teacher``), ``"consistency"`` a consistency model.
+Heun, loadable as ``--teacher``), ``"consistency"`` a consistency model, ``"trigflow"`` an sCM model (sCT / sCD),
+saved with an :class:`~cmkit.schedulers.scm.SCMScheduler` instead (its grid is TrigFlow time; ``tau`` is not used).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Optional
 
 from torch import nn
 
-from ..karras import SIGMA_MAX, SIGMA_MIN, Parameterization, sigma_to_grid_index
+from ..karras import SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, Parameterization, sigma_to_grid_index
 
 
 def export_pipeline(
@@ -27,11 +28,19 @@ def export_pipeline(
     tau: Optional[float] = None,
     sigma_min: float = SIGMA_MIN,
     sigma_max: float = SIGMA_MAX,
+    sigma_data: float = SIGMA_DATA,
 ) -> Path:
     """Save ``net`` with a consistency scheduler as a pipeline directory; return the directory."""
     from ..pipeline import ConsistencyModelPipeline
     from ..schedulers.cm import CMStochasticIterativeScheduler
 
+    if parameterization == "trigflow":
+        from ..schedulers.scm import SCMScheduler
+
+        pipe = ConsistencyModelPipeline(unet=net, scheduler=SCMScheduler(sigma_data=sigma_data))
+        pipe.parameterization = parameterization
+        pipe.save_pretrained(directory)
+        return Path(directory)
     scheduler = CMStochasticIterativeScheduler(
         num_train_timesteps=num_train_timesteps, sigma_min=sigma_min, sigma_max=sigma_max, clip_denoised=clip_denoised
     )

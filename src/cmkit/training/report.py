@@ -57,7 +57,7 @@ def write_outputs(
     net = getattr(model, "net", model)
     export_pipeline(
         output_dir, net, parameterization=parameterization, num_train_timesteps=num_train_timesteps,
-        clip_denoised=data.kind == "images", tau=config.tau,
+        clip_denoised=data.kind == "images", tau=config.tau, sigma_data=float(getattr(model, "sigma_data", 0.5)),
     )
     config.to_json(output_dir / CONFIG_FILE)
     full = {

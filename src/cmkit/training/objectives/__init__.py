@@ -24,6 +24,8 @@ from .ct import CTObjective, CTOptions
 from .ect import ECTObjective, ECTOptions
 from .edm import EDMObjective, EDMOptions
 from .ict import ICTObjective, ICTOptions
+from .scd import SCDObjective, SCDOptions
+from .sct import SCTObjective, SCTOptions
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ METHOD_SPECS: dict[str, MethodSpec] = {
     "ct": MethodSpec(CTObjective, CTOptions, False, "consistency", "consistency training (CM Algorithm 3)"),
     "ict": MethodSpec(ICTObjective, ICTOptions, False, "consistency", "improved consistency training"),
     "ect": MethodSpec(ECTObjective, ECTOptions, True, "consistency", "easy consistency tuning from a teacher"),
+    "sct": MethodSpec(SCTObjective, SCTOptions, False, "trigflow", "continuous-time consistency training (sCM)"),
+    "scd": MethodSpec(SCDObjective, SCDOptions, True, "trigflow", "continuous-time consistency distillation (sCM)"),
 }
 
 METHODS: tuple[str, ...] = tuple(METHOD_SPECS)
