@@ -56,6 +56,12 @@ def make_ct(seed):
     return CTObjective(Denoiser(net(seed, dropout=0.2), "consistency"), CTOptions(total_steps=7))
 
 
+def make_sct(seed):  # the JVP pass, the tangent warm-up and the learned log-variance head all resume
+    from cmkit.training.objectives.sct import SCTObjective, SCTOptions
+
+    return SCTObjective(Denoiser(net(seed, dropout=0.2), "trigflow"), options=SCTOptions(warmup_steps=5))
+
+
 @pytest.mark.parametrize(
     "make, extra",
     [
@@ -64,9 +70,10 @@ def make_ct(seed):
         (make_cd, dict(method="cd", teacher="unused-by-Trainer", grad_accum=2)),
         (make_edm, dict(method="edm", grad_accum=4)),
         (make_ct, dict(method="ct")),  # one dropout mask per step shared by the student and the EMA target
+        (make_sct, dict(method="sct", optimizer="adam", betas=(0.9, 0.99), adam_eps=1e-11)),
     ],
     ids=["edm-dropout-cosine", "cd-target-ema-clip", "cd-grad-accum-2", "edm-dropout-grad-accum-4",
-         "ct-dropout-shared-mask"],
+         "ct-dropout-shared-mask", "sct-jvp-adam-eps"],
 )
 def test_resume_is_bit_identical(tmp_path, make, extra):
     def config(name):

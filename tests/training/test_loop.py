@@ -136,3 +136,15 @@ def test_checkpoint_pointer_falls_back_and_ignores_partial(tmp_path):
     (out / "checkpoints" / "latest.json").write_text("{broken")
     assert ckpt.latest_checkpoint(out).name == "step-00000002"
     assert ckpt.load_checkpoint(ckpt.latest_checkpoint(out)).state["x"] == 2
+
+
+def test_optimizer_takes_the_configured_epsilon():
+    from cmkit.training.loop import make_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    for optimizer in ("adam", "radam"):
+        opt = make_optimizer(TrainConfig(optimizer=optimizer, betas=(0.9, 0.99), adam_eps=1e-11), params)
+        assert opt.param_groups[0]["eps"] == 1e-11 and opt.param_groups[0]["betas"] == (0.9, 0.99)
+    for bad in (0, -1e-8, 1.5, "1e-8", True):
+        with pytest.raises(ValueError, match="adam_eps"):
+            TrainConfig(adam_eps=bad)

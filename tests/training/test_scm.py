@@ -101,14 +101,21 @@ def test_jvp_tangent_equals_the_finite_difference_tangent():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("method", ["sct", "scd"])
+def test_two_processes_match_one(tmp_path, method):
     """The gradient pass of sCT is not DDP's forward: the loop must still average every gradient (head included)."""
     from cmkit.training import checkpoint as ckpt
     from cmkit.training.loop import train
 
-    config = toy_config(tmp_path, method="sct", steps=3, batch_size=8, save_every=3, ema_rates=(0.9,),
-                        model_options={"width": 16, "num_blocks": 1, "embedding_dim": 8},
-                        objective_options={"warmup_steps": 2}, output_dir=str(tmp_path / "one"), device="cpu")  # fmt: skip
+    tiny = {"width": 16, "num_blocks": 1, "embedding_dim": 8}
+    teacher = None
+    if method == "scd":  # a 2-step EDM teacher, viewed as TrigFlow by sCD
+        teacher = str(tmp_path / "teacher")
+        train(toy_config(tmp_path, steps=2, batch_size=8, save_every=2, model_options=tiny, output_dir=teacher,
+                         device="cpu"))  # fmt: skip
+    config = toy_config(tmp_path, method=method, teacher=teacher, steps=3, batch_size=8, save_every=3, ema_rates=(0.9,),
+                        model_options=tiny, objective_options={"warmup_steps": 2}, output_dir=str(tmp_path / "one"),
+                        device="cpu")  # fmt: skip
     train(config)
     config.replace(output_dir=str(tmp_path / "two")).to_json(tmp_path / "two.json")
     proc = subprocess.run(
@@ -124,3 +131,20 @@ def test_two_processes_match_one(tmp_path):
     assert any(k.startswith("scm_log_variance.") for k in one) and one.keys() == two.keys()
     for name, a in one.items():
         torch.testing.assert_close(two[name], a, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fp16_autocast_runs_the_tangent_in_float32():
+    """fp16 tangents overflow (sCM sec. 5): under fp16 autocast the JVP pass runs in float32, so it equals the pass
+    without autocast exactly, while the same JVP under fp16 autocast differs (it rounds through fp16)."""
+    torch.manual_seed(0)
+    model = Denoiser(MLPNet(sample_shape=(2,), width=32, num_blocks=2, embedding_dim=16), "trigflow")
+    objective = build_objective("sct", model)
+    x_t, t = torch.randn(6, 2), torch.rand(6) * 1.4 + 0.05
+    dxt_dt = torch.randn(6, 2)
+    plain = objective.stopgrad_and_tangent(x_t, t, dxt_dt, None, 7)
+    with torch.autocast("cpu", dtype=torch.float16):
+        guarded = objective.stopgrad_and_tangent(x_t, t, dxt_dt, None, 7)
+        raw = objective.stopgrad_and_tangent_(x_t, t, dxt_dt, None, 7)
+    assert all(torch.equal(a, b) for a, b in zip(plain, guarded))
+    assert guarded[1].dtype == torch.float32 and torch.isfinite(guarded[1]).all()
+    assert not torch.equal(raw[1].float(), plain[1])

@@ -112,6 +112,7 @@ class TrainConfig:
     lr: float = documented(1e-4, "learning rate")
     optimizer: OptimizerName = documented("radam", "optimizer")
     betas: tuple[float, float] = documented((0.9, 0.999), "Adam betas", cli=False)
+    adam_eps: float = documented(1e-8, "Adam / RAdam epsilon (sCM uses 1e-11)")
     weight_decay: float = documented(0.0, "decoupled weight decay")
     warmup_steps: int = documented(0, "linear learning-rate warm-up steps")
     lr_schedule: LRSchedule = documented("constant", "learning-rate schedule after the warm-up")
@@ -184,6 +185,8 @@ class TrainConfig:
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio!r}")
         _check_inverse_sqrt(self)
+        if not (isinstance(self.adam_eps, (int, float)) and not isinstance(self.adam_eps, bool) and 0 < self.adam_eps < 1):
+            raise ValueError(f"adam_eps must be a small positive number (e.g. 1e-8; sCM: 1e-11), got {self.adam_eps!r}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         bad = [r for r in self.ema_rates if not 0.0 <= r < 1.0]

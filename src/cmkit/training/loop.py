@@ -91,9 +91,9 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-    """RAdam or Adam over ``params`` with the config's betas and weight decay."""
+    """RAdam or Adam over ``params`` with the config's betas, epsilon and weight decay."""
     cls = torch.optim.RAdam if config.optimizer == "radam" else torch.optim.Adam
-    return cls(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+    return cls(params, lr=config.lr, betas=tuple(config.betas), eps=config.adam_eps, weight_decay=config.weight_decay)
 
 
 class Trainer:

@@ -24,12 +24,14 @@ These objectives therefore set no wrapper (``set_online = None``): the loop aver
 included, by one ``all_reduce`` after backward (:class:`~cmkit.training.distributed.GradientSync`), which is exact;
 a DDP wrapper whose forward is never called would instead leave the gradients unsynchronised.
 
-The paper trains with Adam, ``betas = (0.9, 0.99)``, ``eps = 1e-11`` (appendix; ``--optimizer adam --betas 0.9 0.99``;
-cmkit's Adam keeps PyTorch's ``eps = 1e-8``, which matters only for gradients below 1e-8).
+The paper trains with Adam, ``betas = (0.9, 0.99)``, ``eps = 1e-11`` (appendix): ``--optimizer adam --adam-eps 1e-11``
+with ``"betas": [0.9, 0.99]`` in a ``--config`` file. Under fp16 autocast the JVP runs in float32 (fp16 tangents
+overflow); bf16 keeps float32's range and runs as autocast says.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Literal, Optional, get_args
@@ -137,7 +139,7 @@ class SCTObjective(BaseObjective):
         return cos_t * z - sin_t * x0
 
     @torch.no_grad()
-    def stopgrad_and_tangent(
+    def stopgrad_and_tangent_(
         self, x_t: Tensor, t: Tensor, dxt_dt: Tensor, class_labels: Optional[Tensor], dropout_seed: int
     ) -> tuple[Tensor, Tensor]:
         """``(F^-, cos(t) sin(t) dF^-/dt)`` of the stop-gradient network, by JVP or a central finite difference."""
@@ -157,6 +159,16 @@ class SCTObjective(BaseObjective):
         minus = F_of(x_t - step_x * direction, (t.double() - h * cs).to(t.dtype)).double()
         tangent = (plus - minus) / append_dims(2 * h, x_t.ndim)
         return F_of(x_t, t), tangent.to(x_t.dtype)
+
+    def stopgrad_and_tangent(
+        self, x_t: Tensor, t: Tensor, dxt_dt: Tensor, class_labels: Optional[Tensor], dropout_seed: int
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`stopgrad_and_tangent_`, in float32 under float16 autocast: fp16 tangents overflow (sCM sec. 5;
+        FastGen runs the JVP in bf16 or fp32), while bf16 keeps fp32's range and runs as autocast says."""
+        device_type = x_t.device.type
+        fp16 = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+        with torch.autocast(device_type, enabled=False) if fp16 else contextlib.nullcontext():
+            return self.stopgrad_and_tangent_(x_t.float() if fp16 else x_t, t, dxt_dt, class_labels, dropout_seed)
 
     def __call__(self, x0: Tensor, class_labels: Optional[Tensor], step: int, rng: StepRandom) -> ObjectiveOutput:
         """The sCM loss on ``x0`` at step ``step`` (Algorithm 1)."""
