@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cmkit.models import forward_ad as attention_module
+from cmkit.models.dhariwal_unet import DhariwalUNet
 from cmkit.models.edm2_unet import EDM2UNet
 from cmkit.models.mlp import MLPNet
 from cmkit.models.song_unet import SongUNet
@@ -41,12 +42,24 @@ def _song():
                     num_blocks=1, attn_resolutions=[4], dropout=0.0)  # fmt: skip
 
 
+def _ncsnpp():  # Fourier time embedding, residual encoder, FIR resampling
+    return SongUNet(img_resolution=8, in_channels=1, out_channels=1, model_channels=8, channel_mult=[1, 2],
+                    num_blocks=1, attn_resolutions=[4], dropout=0.0, embedding_type="fourier", channel_mult_noise=2,
+                    encoder_type="residual", decoder_type="standard", resample_filter=[1, 3, 3, 1])  # fmt: skip
+
+
+def _dhariwal():  # EDM's ADM attends with C // 64 heads: 64 channels for one head
+    return DhariwalUNet(img_resolution=4, in_channels=1, out_channels=1, model_channels=64, channel_mult=[1],
+                        channel_mult_emb=1, num_blocks=1, attn_resolutions=[4], dropout=0.0)  # fmt: skip
+
+
 def _edm2():
     return EDM2UNet(img_resolution=8, img_channels=1, label_dim=0, model_channels=8, channel_mult=[1, 1],
                     num_blocks=1, attn_resolutions=[4], channels_per_head=8, dropout=0.0)  # fmt: skip
 
 
 NETWORKS = {"mlp": (_mlp, (2,)), "unet2d": (_unet, (1, 8, 8)), "song_unet": (_song, (1, 8, 8)),
+            "song_unet_ncsnpp": (_ncsnpp, (1, 8, 8)), "dhariwal_unet": (_dhariwal, (1, 4, 4)),
             "edm2_unet": (_edm2, (1, 8, 8))}  # fmt: skip
 
 
@@ -90,7 +103,7 @@ def test_jvp_matches_central_finite_differences_in_float64(name, direction):
     torch.testing.assert_close(tangent, fd, rtol=0, atol=tolerance * float(fd.abs().max()))
 
 
-@pytest.mark.parametrize("name", ["unet2d", "song_unet"])
+@pytest.mark.parametrize("name", ["unet2d", "song_unet", "dhariwal_unet"])
 def test_fused_attention_is_used_without_a_tangent_and_written_out_with_one(name, monkeypatch):
     build, shape = NETWORKS[name]
     calls = []
