@@ -4,6 +4,7 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -262,3 +263,9 @@ def test_sct_and_scd_export_a_trigflow_pipeline(method, teacher, tmp_path, capsy
     pipe = ConsistencyModelPipeline.from_pretrained(out)
     points = pipe(batch_size=4, num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert points.shape == (4, 2) and torch.isfinite(points).all()
+    # cmkit sample: TrigFlow times are radians (floats); the two given times are the two steps of the chain to 0
+    npy = tmp_path / "points.npy"
+    assert main(["sample", "--model", str(out), "--timesteps", "1.5", "0.8", "--batch-size", "4", "--out", str(npy),
+                 "--device", "cpu"]) == 0
+    custom = pipe(batch_size=4, timesteps=[1.5, 0.8], output_type="np", generator=torch.Generator().manual_seed(0)).images
+    np.testing.assert_array_equal(np.load(npy), custom)

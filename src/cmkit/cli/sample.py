@@ -25,6 +25,12 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "assets" / "digits_cm"
 
 
+def _timestep(text: str) -> int | float:
+    """A grid index (``22``) stays an int; a TrigFlow time (``1.1``) is a float."""
+    value = float(text)
+    return int(value) if text.strip().lstrip("+-").isdigit() else value
+
+
 def register(subparsers: Any) -> None:
     """Add the ``sample`` subcommand."""
     p = add_command(
@@ -36,8 +42,9 @@ def register(subparsers: Any) -> None:
     )
     add_model_argument(p, hub=True)
     p.add_argument("--steps", type=int, default=1, help="number of sampling steps (default 1)")
-    p.add_argument("--timesteps", type=int, nargs="+", default=None, metavar="T",
-                   help="explicit descending timesteps, e.g. 22 0 (overrides --steps)")
+    p.add_argument("--timesteps", type=_timestep, nargs="+", default=None, metavar="T",
+                   help="explicit descending timesteps (overrides --steps): Karras grid indices for consistency "
+                        "models, e.g. 22 0; TrigFlow (sCM) times in radians, e.g. 1.5708 1.1")
     p.add_argument("--class-labels", type=int, nargs="+", default=None, metavar="C",
                    help="one class for all samples, or one per sample (default: random, from --seed)")
     add_batch_size_argument(p, 16, "number of samples")
