@@ -7,11 +7,15 @@ every step count and option:
 
     bash recipes/digits/train.sh          # teacher + CD -> runs/digits/{teacher,cd}, copied into the package
     bash recipes/digits/baselines.sh      # iCT, ECT, CT -> runs/digits/{ict,ect,ct}
+    bash recipes/digits/baselines.sh runs/digits sct scd   # sCT, sCD (sCM, TrigFlow) -> runs/digits/{sct,scd}
     bash recipes/digits/unet/train.sh     # UNet teacher, CD, ECT -> runs/digits/unet/{teacher,cd,ect}
 
 This script only samples and measures (a few minutes on 2 cores); runs that are missing are listed as such.
 FD-digits compares 5 draws of 360 class-balanced samples with the 360 held-out images (cmkit.metrics);
 2 steps use each pipeline's tuned default timestep (``cmkit tune-timesteps``), else tau = 0.8 is reported.
+TrigFlow (sCT / sCD) pipelines, which ``cmkit tune-timesteps`` does not search, take the intermediate TrigFlow time
+with the lowest FD on seed ``seed + 1`` over ``TRIGFLOW_T_GRID`` (the paper's 1.1 among them); its tau column is
+that time's EDM sigma ``sigma_d tan t``.
 
     python benchmarks/quality_digits.py                          # table (markdown) on stdout
     python benchmarks/quality_digits.py --json out/digits.json --plot out/quality_digits.png
@@ -41,6 +45,7 @@ from cmkit.metrics.generate import generate_heun_samples, generate_samples
 from cmkit.pipeline_io import read_parameterization
 from cmkit.pipeline import ConsistencyModelPipeline
 from cmkit.training.plots import save_image_grid
+from cmkit.trigflow import T_MAX, t_to_sigma
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "src" / "cmkit" / "assets" / "digits_cm"
@@ -60,13 +65,18 @@ class Run:
 RUNS = (
     Run("edm", "edm", "teacher", "mlp"), Run("cd", "cd", "cd", "mlp"), Run("ict", "ict", "ict", "mlp"),
     Run("ect", "ect", "ect", "mlp"), Run("ct", "ct", "ct", "mlp"),
+    Run("sct", "sct", "sct", "mlp"), Run("scd", "scd", "scd", "mlp"),
     Run("unet-edm", "edm", "unet/teacher", "unet"), Run("unet-cd", "cd", "unet/cd", "unet"),
     Run("unet-ect", "ect", "unet/ect", "unet"),
 )  # fmt: skip
 RUN_BY_KEY = {run.key: run for run in RUNS}
-#: targets of issue 4 as multiples of the teacher's FD (consistency rows) or of the floor (teacher row).
-TARGETS = {("edm", 35): ("floor", 2.0), ("cd", 1): ("teacher", 1.3), ("cd", 2): ("teacher", 1.0)}
+#: targets of issues 4 and 12 as multiples of the teacher's FD (consistency rows) or of the floor (teacher row).
+TARGETS = {
+    ("edm", 35): ("floor", 2.0), ("cd", 1): ("teacher", 1.3), ("cd", 2): ("teacher", 1.0), ("scd", 2): ("teacher", 1.1),
+}
 FALLBACK_TAU = 0.8
+#: 2-step intermediate TrigFlow times searched for sCT / sCD (sCM's default: 1.1)
+TRIGFLOW_T_GRID = (0.5, 0.7, 0.9, 1.1, 1.3)
 PER_DRAW, DRAWS = 360, 5
 #: sample grids: this many samples of each class per NFE, each framed by one pixel of this grey ([-1, 1] scale).
 GRID_PER_CLASS, GRID_FRAME, GRID_SCALE = 8, -0.5, 4
@@ -123,8 +133,13 @@ def evaluate_run(run: Run, model_dir: Path, seed: int, grid: Optional[Path] = No
     info = _run_info(model_dir)
     network = f"{type(pipe.model).__name__} {sum(p.numel() for p in pipe.model.parameters()) / 1e6:.2f} M"
     configs: list[tuple[int, dict[str, Any], Optional[float]]]
-    if read_parameterization(model_dir) == "edm":
+    parameterization = read_parameterization(model_dir)
+    if parameterization == "edm":
         configs = [(35, {"heun_steps": 18}, None)]
+    elif parameterization == "trigflow":
+        t_mid = best_trigflow_t(pipe, labels, seed + 1)
+        tau = float(t_to_sigma(t_mid, float(pipe.scheduler.config.sigma_data)))
+        configs = [(1, {"num_inference_steps": 1}, None), (2, {"timesteps": [T_MAX, t_mid]}, tau)]
     else:
         n = int(pipe.scheduler.config.num_train_timesteps)
         tuned = pipe.default_timesteps.get("2")
@@ -150,6 +165,16 @@ def evaluate_run(run: Run, model_dir: Path, seed: int, grid: Optional[Path] = No
     if grid is not None:
         rows[0]["grid"] = str(_save_grid(grid, drawn, labels))
     return rows
+
+
+def best_trigflow_t(pipe: ConsistencyModelPipeline, labels: Tensor, seed: int) -> float:
+    """The 2-step intermediate TrigFlow time in ``TRIGFLOW_T_GRID`` with the lowest FD-digits on ``seed``."""
+    scores = {
+        t: evaluate_digits(generate_samples(pipe, len(labels), seed, class_labels=labels, num_inference_steps=None,
+                                            timesteps=[T_MAX, t]), labels, draws=DRAWS).fd_mean
+        for t in TRIGFLOW_T_GRID
+    }
+    return min(scores, key=scores.get)
 
 
 def run(

@@ -96,3 +96,29 @@ def test_editing_runs_through_the_sigma_space_trigflow_view():
     x, sigma = torch.randn(2, 1, 8, 8), torch.full((2,), 3.0)
     with torch.no_grad():
         torch.testing.assert_close(f(x, sigma), Denoiser(pipe.unet, "trigflow", sigma_data=0.5)(x, sigma))
+
+
+def test_edm_time_input_round_trips_through_save_and_load_and_sampling_uses_it(tmp_path):
+    """export_pipeline records the time input in the SCMScheduler config; the loaded pipeline and load_denoiser both
+    use it, so a one-step sample is -sigma_d F_net at EDM's c_noise(sigma_max), not at 1000 t."""
+    from cmkit.karras import SIGMA_MAX, sigma_to_timestep
+    from cmkit.training.build import load_denoiser
+    from cmkit.training.export import export_pipeline
+
+    net = _pipe(seed=4).unet
+    export_pipeline(tmp_path / "edm", net, parameterization="trigflow", num_train_timesteps=40, clip_denoised=False,
+                    sigma_data=0.5, trigflow_time_input="edm")
+    pipe = ConsistencyModelPipeline.from_pretrained(tmp_path / "edm")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.scheduler.config.time_input == "edm"
+    assert load_denoiser(tmp_path / "edm").trigflow_time_input == "edm"
+    out = pipe(batch_size=5, num_inference_steps=1, generator=gen(3), output_type="pt").images
+    x = 0.5 * torch.randn(5, 2, generator=gen(3))
+    t = torch.tensor(1.57080)
+    with torch.no_grad():
+        F = -pipe.unet(x / 0.5, torch.full((5,), sigma_to_timestep(SIGMA_MAX)), return_dict=False)[0]
+        F_1000t = pipe.unet(x / 0.5, 1000 * t, return_dict=False)[0]
+    assert torch.allclose(out, trigflow_consistency(x, t, F, 0.5), atol=1e-5)
+    assert not torch.allclose(out, trigflow_consistency(x, t, F_1000t, 0.5), atol=1e-3)
+    with pytest.raises(ValueError, match="time_input"):
+        SCMScheduler(time_input="1000t")

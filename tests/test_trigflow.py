@@ -82,3 +82,37 @@ def test_renoise_matches_the_trigflow_forward_process():
     out = trigflow_renoise(x0, torch.tensor(1.1), z, 0.5)
     torch.testing.assert_close(out, math.cos(1.1) * x0 + math.sin(1.1) * 0.5 * z)
     assert torch.equal(trigflow_renoise(x0, 0.0, z, 0.5), x0)
+
+
+def test_edm_time_input_is_edm_c_noise_with_a_cap_and_a_flipped_sign():
+    from cmkit.karras import SIGMA_MAX, sigma_to_timestep
+    from cmkit.trigflow import t_to_sigma, trigflow_network_input
+
+    t = torch.tensor([0.3, 1.1, math.pi / 2])  # pi/2 in float32 is past pi/2: tan < 0 there
+    timestep, sign = trigflow_network_input(t, "edm", 0.5)
+    assert sign == -1.0 and torch.isfinite(timestep).all()
+    assert torch.allclose(timestep[:2], sigma_to_timestep(t_to_sigma(t[:2], 0.5)))
+    assert timestep[2] == pytest.approx(sigma_to_timestep(SIGMA_MAX), rel=1e-5)
+    assert trigflow_network_input(0.5, "trigflow") == (500.0, 1.0)
+    with pytest.raises(ValueError, match="time_input must be one of"):
+        trigflow_network_input(t, "1000t")
+
+
+def test_edm_time_input_makes_a_trigflow_denoiser_reproduce_the_edm_denoiser_of_the_same_weights():
+    """sCD's initialisation: an EDM network read with time_input='edm' is the same D (Karras et al. 2022, Table 1)."""
+    from cmkit.models.denoiser import Denoiser
+    from cmkit.models.mlp import MLPNet
+
+    torch.manual_seed(0)
+    net = MLPNet(sample_shape=(2,), width=16, num_blocks=1, embedding_dim=8)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.3)
+    edm, trig = Denoiser(net, "edm"), Denoiser(net, "trigflow", trigflow_time_input="edm")
+    x = torch.randn(32, 2)
+    with torch.no_grad():
+        for s in (0.01, 0.5, 3.0, 60.0):
+            sigma = torch.full((32,), s)
+            assert torch.allclose(trig(x, sigma), edm(x, sigma), atol=1e-5)
+    with pytest.raises(ValueError, match="trigflow_time_input"):
+        Denoiser(net, "trigflow", trigflow_time_input="1000t")

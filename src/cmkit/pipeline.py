@@ -47,7 +47,7 @@ from .pipeline_io import load_components, parse_default_timesteps, save_componen
 from .pipeline_types import ClassLabels, ImagePipelineOutput, PipelineResult, StepCallback, pipeline_output
 from .postprocess import OutputType, postprocess
 from .rng import GeneratorArg, randn
-from .trigflow import DEFAULT_INTERMEDIATE_T, trigflow_timestep
+from .trigflow import DEFAULT_INTERMEDIATE_T, trigflow_network_input
 
 __all__ = ["ConsistencyModelPipeline", "ImagePipelineOutput", "sampler_dtype", "unwrap_model"]
 
@@ -327,7 +327,8 @@ class ConsistencyModelPipeline:
         callback: Optional[StepCallback],
         callback_steps: int,
     ) -> Tensor:
-        """sCM multistep sampling (Lu & Song 2024): the scheduler's TrigFlow times, the network at ``1000 t``."""
+        """sCM multistep sampling (Lu & Song 2024): the scheduler's TrigFlow times, the network at ``1000 t`` (or the
+        scheduler config's ``time_input``, :func:`cmkit.trigflow.trigflow_network_input`)."""
         scheduler = self.scheduler
         if not _is_trigflow_scheduler(scheduler):
             raise ValueError(
@@ -342,12 +343,14 @@ class ConsistencyModelPipeline:
         else:
             scheduler.set_timesteps(num_inference_steps, device=self.device)
         sigma_data = float(scheduler.config.sigma_data)
+        time_input = getattr(scheduler.config, "time_input", "trigflow")  # diffusers' SCMScheduler: 1000 t
         state_dtype = sample.dtype
         schedule = scheduler.timesteps[:-1]
         with self.progress_bar(total=len(schedule)) as bar:
             for i, t in enumerate(schedule):
                 model_input = (sample / sigma_data).to(dtype)
-                F = call_network(self.unet, model_input, trigflow_timestep(t), labels).to(state_dtype)
+                timestep, sign = trigflow_network_input(t, time_input, sigma_data)
+                F = sign * call_network(self.unet, model_input, timestep, labels).to(state_dtype)
                 sample = scheduler.step(F * sigma_data, t, sample, generator=generator)[0]
                 bar.update()
                 if callback is not None and i % callback_steps == 0:

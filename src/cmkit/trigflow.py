@@ -18,22 +18,33 @@ Notation follows Lu & Song, "Simplifying, Stabilizing and Scaling Continuous-Tim
   DDPM timesteps it was built for. The scheduler's timesteps stay TrigFlow times in radians, as diffusers'
   ``SCMScheduler`` holds them; a pipeline converts them with :func:`trigflow_timestep` before the network, as
   diffusers' SANA-Sprint pipeline converts its scheduler's ``t`` before its transformer.
+* The "edm" time input (:func:`trigflow_network_input`), for a network trained as an EDM denoiser (sCD's student
+  initialised from an EDM teacher): ``F(x_t, t) = -F_net(x_t / sigma_d, 250 ln(sigma_d tan t))``. EDM's
+  preconditioning (Karras et al. 2022, Table 1) at ``sigma = sigma_d tan t`` has ``c_in x_sigma = x_t / sigma_d``,
+  ``c_skip = cos^2 t``, ``c_out = sigma_d sin t``, so ``D = cos(t) x_t + sin(t) sigma_d F_net``; sCM eq. 8 gives
+  ``f = cos(t) x_t - sin(t) sigma_d F``, hence ``F = -F_net`` at EDM's ``c_noise(sigma)``: with these weights the
+  TrigFlow model's ``f`` is exactly the EDM denoiser, so the teacher's time conditioning (and output sign) stay
+  meaningful. A pipeline records the choice in its ``SCMScheduler`` config (``time_input``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .karras import SIGMA_DATA, SigmaLike, append_dims
+from .karras import SIGMA_DATA, SIGMA_MAX, SigmaLike, append_dims, sigma_to_timestep
 
 #: the noise end of TrigFlow time: ``x_{pi/2} = z``.
 T_MAX = math.pi / 2
 #: network timestep per unit of TrigFlow time (radians): ``timestep = 1000 t``; EDM networks then see ``c_noise = t``.
 TIMESTEP_SCALE = 1000.0
+#: how a TrigFlow network receives time: "trigflow" (``1000 t``, sCM) or "edm" (EDM's ``c_noise``, sign flipped).
+TimeInput = Literal["trigflow", "edm"]
+TIME_INPUTS: tuple[str, ...] = ("trigflow", "edm")
 #: the paper's 2-step sampling: ``t = pi/2`` then ``t = 1.1`` (sCM sec. 6 / appendix).
 DEFAULT_INTERMEDIATE_T = 1.1
 
@@ -122,3 +133,27 @@ def trigflow_renoise(x0: Tensor, t_next: SigmaLike, z: Tensor, sigma_data: float
     """
     cos_t, sin_t = _cos_sin(_per_sample(t_next, x0))
     return cos_t * x0 + sin_t * (z * sigma_data)
+
+
+def trigflow_network_input(
+    t: SigmaLike, time_input: TimeInput = "trigflow", sigma_data: float = SIGMA_DATA
+) -> tuple[SigmaLike, float]:
+    """The network's ``timestep`` at TrigFlow time ``t`` and the sign ``s`` with ``F = s F_net(x_t / sigma_d, timestep)``.
+
+    ``"trigflow"``: ``(1000 t, +1)`` (:func:`trigflow_timestep`). ``"edm"``: ``(250 ln(sigma_d tan t), -1)``, EDM's
+    ``c_noise(sigma)`` at ``sigma = sigma_d tan t`` (module docstring), with ``t`` capped at ``arctan(sigma_max /
+    sigma_d)`` (``sigma_max = 80``, the largest level an EDM network is trained and sampled at) so that
+    ``t = pi/2`` (pure noise) gives a finite input.
+    """
+    if time_input == "trigflow":
+        return trigflow_timestep(t), 1.0
+    if time_input != "edm":
+        raise ValueError(f"time_input must be one of {', '.join(map(repr, TIME_INPUTS))}, got {time_input!r}")
+    t_cap = math.atan(SIGMA_MAX / sigma_data)
+    if isinstance(t, Tensor):
+        t = t.clamp(max=t_cap)
+    elif isinstance(t, np.ndarray):
+        t = np.minimum(t, t_cap)
+    else:
+        t = min(t, t_cap)
+    return sigma_to_timestep(t_to_sigma(t, sigma_data)), -1.0

@@ -148,3 +148,28 @@ def test_fp16_autocast_runs_the_tangent_in_float32():
     assert all(torch.equal(a, b) for a, b in zip(plain, guarded))
     assert guarded[1].dtype == torch.float32 and torch.isfinite(guarded[1]).all()
     assert not torch.equal(raw[1].float(), plain[1])
+
+
+@pytest.mark.parametrize("time_input", ["edm", "trigflow"])
+def test_scd_student_starts_as_the_teacher_only_with_the_edm_time_input(time_input):
+    """With ``time_input="edm"`` (the default) the initialised student's f is the teacher's denoiser D exactly;
+    with ``1000 t`` the copied weights see another time conditioning and the opposite output sign."""
+    teacher = _mlp_denoiser("edm", seed=1)
+    with torch.no_grad():  # a teacher whose output depends on sigma and x (a fresh MLP's last layer may be zero)
+        for p in teacher.parameters():
+            p.normal_(0.0, 0.3)
+    student = _mlp_denoiser()
+    build_objective("scd", student, teacher=teacher, time_input=time_input)
+    assert student.trigflow_time_input == time_input
+    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        gaps = [(student(x, torch.full((16,), s)) - teacher(x, torch.full((16,), s))).abs().max() for s in (0.02, 0.5, 5.0)]
+    if time_input == "edm":
+        assert max(gaps) < 1e-5
+    else:
+        assert max(gaps) > 1e-2
+
+
+def test_scd_rejects_an_unknown_time_input():
+    with pytest.raises(ValueError, match="time_input"):
+        build_objective("scd", _mlp_denoiser(), teacher=_mlp_denoiser("edm", seed=1), time_input="1000t")

@@ -97,7 +97,8 @@ def consistency_function(pipe: EditablePipeline) -> ConsistencyFn:
     cfg = _sigma_config(pipe)
     # a TrigFlow (sCM) model is edited through its sigma-space view (Denoiser "trigflow"); the math is the same
     parameterization = "trigflow" if getattr(pipe, "parameterization", None) == "trigflow" else "consistency"
-    f = Denoiser(pipe.unet, parameterization, cfg["sigma_min"], cfg["sigma_data"])
+    time_input = getattr(pipe.scheduler.config, "time_input", "trigflow") if parameterization == "trigflow" else "trigflow"
+    f = Denoiser(pipe.unet, parameterization, cfg["sigma_min"], cfg["sigma_data"], trigflow_time_input=time_input)
     dtype = pipe.dtype
 
     def fn(x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:

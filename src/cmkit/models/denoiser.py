@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from .._validate import check_choice
 from ..karras import (
     PARAMETERIZATIONS,
     SIGMA_DATA,
@@ -35,7 +36,9 @@ from ..trigflow import (
     t_to_sigma,
     trigflow_consistency,
     trigflow_F_from_denoised,
-    trigflow_timestep,
+    TIME_INPUTS,
+    TimeInput,
+    trigflow_network_input,
     trigflow_to_edm_x,
 )
 
@@ -60,8 +63,10 @@ class Denoiser(nn.Module):
         parameterization: Parameterization = "consistency",
         sigma_min: float = SIGMA_MIN,
         sigma_data: float = SIGMA_DATA,
+        trigflow_time_input: TimeInput = "trigflow",
     ) -> None:
         super().__init__()
+        check_choice("trigflow_time_input", trigflow_time_input, TIME_INPUTS)
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(
                 f"parameterization must be one of {', '.join(map(repr, PARAMETERIZATIONS))}, got {parameterization!r}"
@@ -70,6 +75,8 @@ class Denoiser(nn.Module):
         self.parameterization: Parameterization = parameterization
         self.sigma_min = float(sigma_min)
         self.sigma_data = float(sigma_data)
+        #: the network's time input for "trigflow" (:func:`cmkit.trigflow.trigflow_network_input`)
+        self.trigflow_time_input: TimeInput = trigflow_time_input
 
     def forward(self, x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
         """``f(x, sigma)`` for per-sample ``sigma`` of shape ``[B]`` (a scalar is broadcast)."""
@@ -87,7 +94,8 @@ class Denoiser(nn.Module):
         """The raw network output ``F_theta(x_t / sigma_d, c_noise(t))`` at TrigFlow time ``t`` (sCM eq. 8).
 
         ``t`` is per sample (``[B]``; a scalar is broadcast), in radians; the network receives
-        ``timestep = trigflow_timestep(t) = 1000 t``. Pure tensor ops, so ``torch.func.jvp`` may carry tangents in
+        ``timestep = 1000 t`` (or EDM's ``c_noise`` with ``trigflow_time_input="edm"``,
+        :func:`cmkit.trigflow.trigflow_network_input`). Pure tensor ops, so ``torch.func.jvp`` may carry tangents in
         both ``x_t`` and ``t``. Only for ``parameterization="trigflow"``.
         """
         if self.parameterization != "trigflow":
@@ -100,7 +108,9 @@ class Denoiser(nn.Module):
             t = torch.as_tensor(t, device=x_t.device, dtype=torch.float32)
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
-        return call_network(self.net, x_t / self.sigma_data, trigflow_timestep(t), class_labels)
+        timestep, sign = trigflow_network_input(t, self.trigflow_time_input, self.sigma_data)
+        out = call_network(self.net, x_t / self.sigma_data, timestep, class_labels)
+        return out if sign == 1.0 else -out
 
 
 def trigflow_F_of(

@@ -31,7 +31,7 @@ from torch import Tensor
 from .._validate import check_choice, require_int, require_positive
 from ..config import register_to_config
 from ..rng import GeneratorArg, randn
-from ..trigflow import trigflow_renoise, x0_from_velocity
+from ..trigflow import TIME_INPUTS, trigflow_renoise, x0_from_velocity
 from .base import SchedulerMixin, SchedulerOutput
 
 #: diffusers' default first time (slightly above pi/2 = 1.5707963 after float32 rounding; harmless).
@@ -63,8 +63,14 @@ class SCMScheduler(SchedulerMixin):
     order = 1
 
     @register_to_config
-    def __init__(self, num_train_timesteps: int = 1000, prediction_type: str = "trigflow", sigma_data: float = 0.5) -> None:
+    def __init__(
+        self, num_train_timesteps: int = 1000, prediction_type: str = "trigflow", sigma_data: float = 0.5,
+        time_input: str = "trigflow",
+    ) -> None:
         require_int("num_train_timesteps", num_train_timesteps, 1, " (the most inference steps allowed)")
+        #: the network's time input (cmkit's, not diffusers'): "trigflow" (1000 t) or "edm" (an EDM-initialised sCD
+        #: student), :func:`cmkit.trigflow.trigflow_network_input`; saved with the config so sampling matches training
+        check_choice("time_input", time_input, TIME_INPUTS)
         check_choice("prediction_type", prediction_type, ("trigflow",))
         require_positive("sigma_data", sigma_data)
         #: standard deviation of the initial noise ``x_{pi/2} = sigma_d z`` (diffusers stores 1.0; see the module doc).

@@ -71,7 +71,8 @@ def load_denoiser(path: str | os.PathLike) -> Denoiser:
         scheduler = CMStochasticIterativeScheduler.load_config(directory, subfolder="scheduler")
     sigma_min = float(scheduler.get("sigma_min", SIGMA_MIN))
     sigma_data = float(scheduler.get("sigma_data", SIGMA_DATA))
-    return Denoiser(net, parameterization, sigma_min=sigma_min, sigma_data=sigma_data)
+    time_input = scheduler.get("time_input", "trigflow") if parameterization == "trigflow" else "trigflow"
+    return Denoiser(net, parameterization, sigma_min=sigma_min, sigma_data=sigma_data, trigflow_time_input=time_input)
 
 
 def load_teacher(path: str | os.PathLike) -> Denoiser:

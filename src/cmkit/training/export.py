@@ -29,6 +29,7 @@ def export_pipeline(
     sigma_min: float = SIGMA_MIN,
     sigma_max: float = SIGMA_MAX,
     sigma_data: float = SIGMA_DATA,
+    trigflow_time_input: str = "trigflow",
 ) -> Path:
     """Save ``net`` with a consistency scheduler as a pipeline directory; return the directory."""
     from ..pipeline import ConsistencyModelPipeline
@@ -37,7 +38,7 @@ def export_pipeline(
     if parameterization == "trigflow":
         from ..schedulers.scm import SCMScheduler
 
-        pipe = ConsistencyModelPipeline(unet=net, scheduler=SCMScheduler(sigma_data=sigma_data))
+        pipe = ConsistencyModelPipeline(unet=net, scheduler=SCMScheduler(sigma_data=sigma_data, time_input=trigflow_time_input))
         pipe.parameterization = parameterization
         pipe.save_pretrained(directory)
         return Path(directory)

@@ -58,6 +58,7 @@ def write_outputs(
     export_pipeline(
         output_dir, net, parameterization=parameterization, num_train_timesteps=num_train_timesteps,
         clip_denoised=data.kind == "images", tau=config.tau, sigma_data=float(getattr(model, "sigma_data", 0.5)),
+        trigflow_time_input=getattr(model, "trigflow_time_input", "trigflow"),
     )
     config.to_json(output_dir / CONFIG_FILE)
     full = {

@@ -186,8 +186,14 @@ class SCTObjective(BaseObjective):
         F_minus, cs_dF_dt = self.stopgrad_and_tangent(x_t, t, dxt_dt, class_labels, seed)
         r = tangent_warmup(step, o.warmup_steps)
         g = -cos_t.pow(2) * (sd * F_minus.float() - dxt_dt) - r * (cos_t * sin_t * x_t + sd * cs_dF_dt.float())
+        tangent_rms = g.flatten(1).pow(2).mean(dim=1).sqrt()  # before normalisation: the stability diagnostic
         g = normalize_tangent(g, o.tangent_c, o.rms_norm)
         prior = 1.0 / (sd * torch.tan(t)) if o.prior_weighting else torch.ones_like(t)
         log_variance = self.model.scm_log_variance(t)
         loss = scm_loss(F.float(), F_minus.float(), g, log_variance, prior)
-        return ObjectiveOutput(loss, {"loss": float(loss.detach()), "r": r, "w": float(log_variance.detach().mean())})
+        weight = (prior * torch.exp(-log_variance)).detach()  # the per-sample weight of the squared error
+        return ObjectiveOutput(loss, {
+            "loss": float(loss.detach()), "r": r, "w": float(log_variance.detach().mean()),
+            "tangent_rms": float(tangent_rms.mean()), "tangent_rms_max": float(tangent_rms.max()),
+            "weight": float(weight.mean()),
+        })
