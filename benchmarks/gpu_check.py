@@ -296,7 +296,7 @@ def check_training(report: Report, sizes: Sizes) -> None:
     from cmkit.training.config import TrainConfig
     from cmkit.training.distributed import DistContext
     from cmkit.training.loop import Trainer
-    from cmkit.training.objectives import METHODS, build_objective
+    from cmkit.training.objectives import METHODS, build_objective, method_spec
 
     size, batch = sizes.train_size, sizes.train_batch
     g = torch.Generator().manual_seed(0)
@@ -311,8 +311,9 @@ def check_training(report: Report, sizes: Sizes) -> None:
             setting = f"{method}, {precision} autocast{' + GradScaler' if precision == 'fp16' else ''}, " \
                       f"{sizes.train_preset} UNet {size}x{size}, batch {batch}"
             with report.guard(f"train {sizes.train_steps} steps", setting), tempfile.TemporaryDirectory() as out:
-                teacher = Denoiser(net(1), "edm") if method in ("cd", "ect") else None
-                model = Denoiser(net(0), "edm" if method == "edm" else "consistency")
+                spec = method_spec(method)
+                teacher = Denoiser(net(1), "edm") if spec.needs_teacher else None
+                model = Denoiser(net(0), spec.parameterization)
                 options = {"total_steps": sizes.train_steps} if method in ("ct", "ict") else {}
                 cfg = TrainConfig(
                     method=method, steps=sizes.train_steps, batch_size=batch, lr=1e-4, precision=precision,

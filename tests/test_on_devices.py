@@ -31,7 +31,7 @@ from cmkit.schedulers.tcd import TCDScheduler
 from cmkit.training.config import TrainConfig
 from cmkit.training.distributed import DistContext
 from cmkit.training.loop import Trainer
-from cmkit.training.objectives import METHODS, build_objective
+from cmkit.training.objectives import METHODS, build_objective, method_spec
 from cmkit.streams import StepRandom
 
 ACCELERATORS = [
@@ -73,8 +73,9 @@ def test_rules_refuse_what_cuda_and_mps_refuse():
 def _objective(method: str, net_seed: int = 0):
     torch.manual_seed(net_seed)
     net = MLPNet(width=32, num_blocks=2, embedding_dim=16, dropout=0.1)
-    teacher = Denoiser(MLPNet(width=32, num_blocks=2, embedding_dim=16), "edm") if method in ("cd", "ect") else None
-    model = Denoiser(net, "edm" if method == "edm" else "consistency")
+    spec = method_spec(method)
+    teacher = Denoiser(MLPNet(width=32, num_blocks=2, embedding_dim=16), "edm") if spec.needs_teacher else None
+    model = Denoiser(net, spec.parameterization)
     options = {"total_steps": 100} if method in ("ct", "ict") else {}
     return build_objective(method, model, teacher, **options)
 
@@ -144,8 +145,9 @@ def _tiny_unet(seed: int = 0, classes=None):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("method", METHODS)
 def test_one_training_step_of_every_method(device, method, tmp_path):
-    teacher = Denoiser(_tiny_unet(seed=1, classes=3), "edm") if method in ("cd", "ect") else None
-    model = Denoiser(_tiny_unet(classes=3), "edm" if method == "edm" else "consistency")
+    spec = method_spec(method)
+    teacher = Denoiser(_tiny_unet(seed=1, classes=3), "edm") if spec.needs_teacher else None
+    model = Denoiser(_tiny_unet(classes=3), spec.parameterization)
     options = {"total_steps": 10, "s0": 2, "s1": 8} if method in ("ct", "ict") else {}
     objective = build_objective(method, model, teacher, **options)
     data = TensorSource(torch.rand(16, 1, 8, 8) * 2 - 1, labels=torch.arange(16) % 3)

@@ -166,7 +166,8 @@ class SCTObjective(BaseObjective):
         """:meth:`stopgrad_and_tangent_`, in float32 under float16 autocast: fp16 tangents overflow (sCM sec. 5;
         FastGen runs the JVP in bf16 or fp32), while bf16 keeps fp32's range and runs as autocast says."""
         device_type = x_t.device.type
-        fp16 = torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) == torch.float16
+        fp16 = (torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+                and torch.get_autocast_dtype(device_type) == torch.float16)  # fmt: skip
         with torch.autocast(device_type, enabled=False) if fp16 else contextlib.nullcontext():
             return self.stopgrad_and_tangent_(x_t.float() if fp16 else x_t, t, dxt_dt, class_labels, dropout_seed)
 
