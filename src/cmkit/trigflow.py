@@ -120,8 +120,12 @@ def trigflow_F_from_denoised(x_t: Tensor, t: SigmaLike, denoised: Tensor, sigma_
 def trigflow_timestep(t: SigmaLike) -> SigmaLike:
     """THE network time input of a cmkit TrigFlow model: ``timestep = 1000 t`` (``t`` in radians).
 
-    EDM networks turn it into ``c_noise = timestep / 1000 = t`` (sCM sec. 4.1); see the module docstring.
+    EDM networks turn it into ``c_noise = timestep / 1000 = t`` (sCM sec. 4.1); see the module docstring. A tensor is
+    scaled by a constant of its own dtype and device: under ``torch.func.jvp`` a Python number becomes a float64
+    tensor on ``t``'s device, which MPS cannot hold.
     """
+    if isinstance(t, torch.Tensor):
+        return t * torch.full((), TIMESTEP_SCALE, dtype=t.dtype, device=t.device)
     return TIMESTEP_SCALE * t
 
 
