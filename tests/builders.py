@@ -170,3 +170,18 @@ def torchrun_env():
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "LOCAL_WORLD_SIZE"):
         env.pop(key, None)
     return env
+
+
+class FirstPixelReads(torch.utils.data.Dataset):
+    """A map-style data set over image records: item ``i`` is ``(i, red value of pixel (0, 0), label)``, so
+    DataLoader tests can check which records each worker read."""
+
+    def __init__(self, records):
+        self.records = records
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        image, label = self.records.read(i)
+        return i, image.getpixel((0, 0))[0], label

@@ -13,6 +13,7 @@ from PIL import Image
 
 datasets = pytest.importorskip("datasets")
 
+from builders import FirstPixelReads  # noqa: E402
 from cmkit.data.hf import HFImageRecords, build_hf_records  # noqa: E402
 
 datasets.disable_progress_bars()
@@ -161,22 +162,10 @@ def test_pickled_records_reopen_lazily(tmp_path):
     check_records(copy)
 
 
-class _Reads(torch.utils.data.Dataset):
-    def __init__(self, records):
-        self.records = records
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, i):
-        image, label = self.records.read(i)
-        return i, image.getpixel((0, 0))[0], label
-
-
 def test_dataloader_workers_read_every_record_once(tmp_path):
     labelled(12).save_to_disk(tmp_path / "ds")
     records = HFImageRecords(tmp_path / "ds")
-    loader = torch.utils.data.DataLoader(_Reads(records), batch_size=None, num_workers=2)
+    loader = torch.utils.data.DataLoader(FirstPixelReads(records), batch_size=None, num_workers=2)
     seen = sorted((i, red, label) for i, red, label in loader)
     assert seen == [(i, 10 * i, i % 3) for i in range(12)]
 

@@ -15,6 +15,7 @@ from PIL import Image
 
 from cmkit.data import wds
 from cmkit.data.wds import WdsImageRecords, build_wds_records, expand_braces, scan_shard, shard_paths
+from builders import FirstPixelReads
 
 
 def png(value, size=(4, 3)):
@@ -198,24 +199,12 @@ def test_default_index_cache_follows_xdg(tmp_path, monkeypatch):
     assert len(list((tmp_path / "xdg" / "cmkit" / "wds-index").glob("*.npz"))) == 1
 
 
-class _Reads(torch.utils.data.Dataset):
-    def __init__(self, records):
-        self.records = records
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, i):
-        image, label = self.records.read(i)
-        return i, image.getpixel((0, 0))[0], label
-
-
 def test_ranks_and_workers_read_every_sample_once(tmp_path):
     labelled_shards(tmp_path, n_shards=3, per_shard=4)
     records = pickle.loads(pickle.dumps(WdsImageRecords(str(tmp_path / "*.tar"), index_cache=False)))
     seen = []
     for rank in range(2):  # each rank reads its indices in 2 DataLoader worker processes
-        loader = torch.utils.data.DataLoader(_Reads(records), batch_size=None, num_workers=2,
+        loader = torch.utils.data.DataLoader(FirstPixelReads(records), batch_size=None, num_workers=2,
                                              sampler=list(range(rank, len(records), 2)))
         seen.extend((i, red, label) for i, red, label in loader)
     assert sorted(seen) == [(i, 10 * i, i % 3) for i in range(12)]
