@@ -78,11 +78,12 @@ RECIPES: dict[str, Recipe] = {
     "ect": Recipe(steps=7_000, lr=5e-4, options={"steps_per_stage": 1000}),
     # sCM (Adam betas (0.9, 0.99) as in the paper); steps chosen so the CPU seconds match iCT's / ECT's. sCT's MLP
     # embeds time with frequencies up to 2 instead of 30: with 30 the tangent dF/dt spikes and training diverges
-    # (sCM sec. 4.1; docs/quality.md); sCD cannot change it, its student is the teacher's network.
+    # (sCM sec. 4.1; docs/quality.md); sCD cannot change it, its student is the teacher's network. The tangent warm-up
+    # spans the run (sCT) or half of it (sCD), and sCD drops the 1/(sigma_d tan t) prior weight (docs/quality.md).
     "sct": Recipe(steps=4_000, lr=5e-4, betas=(0.9, 0.99), model_options={"max_frequency": 2.0},
-                  options={"p_mean": -1.0, "p_std": 1.6, "warmup_steps": 1000}),
+                  options={"p_mean": -1.0, "p_std": 1.6, "warmup_steps": 4000}),
     "scd": Recipe(steps=2_600, lr=1e-4, betas=(0.9, 0.99),
-                  options={"p_mean": -1.0, "p_std": 1.6, "warmup_steps": 500}),
+                  options={"p_mean": -1.0, "p_std": 1.6, "warmup_steps": 1300, "prior_weighting": False}),
 }
 #: methods that start from (or distil) the EDM teacher
 TEACHER_METHODS = ("cd", "ect", "scd")
