@@ -119,7 +119,7 @@ class TCDObjective(TargetObjective):
         o = self.options
         n = o.skip + rng.randint(o.original_inference_steps - o.skip + 1, device="cpu")
         t_hi, t_lo = self.grid[n], self.grid[n - o.skip]
-        u = rng.rand().cpu().double()
+        u = rng.rand(device="cpu").double()
         if o.s_sampling == "grid":
             s = self.grid[torch.floor(u * (n - o.skip + 1)).long()]
         else:
