@@ -1,8 +1,11 @@
+import copy
 import json
+import operator
+import pickle
 
 import pytest
 
-from cmkit.config import ConfigMixin, register_to_config
+from cmkit.config import ConfigMixin, FrozenConfig, register_to_config
 
 
 class Thing(ConfigMixin):
@@ -22,6 +25,22 @@ def test_config_records_defaults_and_args():
         t.config.missing  # noqa: B018
     with pytest.raises(TypeError):
         t.config["a"] = 3  # type: ignore[index]
+
+
+def test_config_is_a_read_only_dict():
+    """A dict (diffusers' from_config takes only dicts) whose every mutator raises; it still pickles and copies."""
+    t = Thing(5)
+    assert isinstance(t.config, dict) and t.config == {"a": 5, "b": [1, 2], "c": "x"}
+    mutators = [
+        lambda c: c.update(a=1), lambda c: c.pop("a"), lambda c: c.popitem(), lambda c: c.setdefault("z", 1),
+        lambda c: c.clear(), lambda c: operator.delitem(c, "a"), lambda c: operator.ior(c, {"a": 1}),
+    ]
+    for mutate in mutators:
+        with pytest.raises(TypeError, match="read-only"):
+            mutate(t.config)
+    assert t.config == {"a": 5, "b": [1, 2], "c": "x"}
+    for clone in (copy.deepcopy(t.config), copy.copy(t.config), pickle.loads(pickle.dumps(t.config))):
+        assert type(clone) is FrozenConfig and clone == t.config and clone.c == "x"
 
 
 def test_save_load_round_trip(tmp_path):

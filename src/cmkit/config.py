@@ -14,7 +14,6 @@ import json
 import os
 import warnings
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, ClassVar, Mapping, TypeVar
 
 from .io.atomic import atomic_write_text
@@ -25,33 +24,34 @@ DIFFUSERS_COMPAT_VERSION = "0.42.1"
 T = TypeVar("T", bound="ConfigMixin")
 
 
-class FrozenConfig(Mapping[str, Any]):
-    """A read-only mapping with attribute access (``config.sigma_max``)."""
+class FrozenConfig(dict[str, Any]):
+    """A read-only dict with attribute access (``config.sigma_max``).
 
-    def __init__(self, values: Mapping[str, Any]):
-        self._values = MappingProxyType(dict(values))
-
-    def __getitem__(self, key: str) -> Any:
-        return self._values[key]
+    A ``dict`` (not just a mapping) because diffusers' ``from_config`` accepts only dicts: the usual swap
+    ``pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)`` must work when the
+    pipeline holds a cmkit scheduler (diffusers takes any other mapping for a hub id and fails to download it).
+    """
 
     def __getattr__(self, key: str) -> Any:
         try:
-            return self.__dict__["_values"][key]
+            return self[key]
         except KeyError:
             raise AttributeError(f"config has no entry {key!r}") from None
 
-    def __iter__(self):
-        return iter(self._values)
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            "a config is read-only; build a new object with from_config(config, key=value) or call "
+            "register_config_update(key=value)"
+        )
 
-    def __len__(self) -> int:
-        return len(self._values)
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
 
     def __repr__(self) -> str:
-        return f"FrozenConfig({dict(self._values)!r})"
+        return f"FrozenConfig({dict(self)!r})"
 
     def __reduce__(self):
-        """Pickle / deepcopy as a plain dict (a mappingproxy cannot be pickled), e.g. for EMA or target copies."""
-        return (FrozenConfig, (dict(self._values),))
+        """Pickle / deepcopy as a plain dict rebuilt through ``__init__`` (``__setitem__`` is blocked)."""
+        return (FrozenConfig, (dict(self),))
 
 
 def _jsonable(value: Any) -> Any:

@@ -29,9 +29,10 @@ SIGMA_MAX = 80.0
 SIGMA_DATA = 0.5
 RHO = 7.0
 
-Parameterization = Literal["consistency", "edm", "trigflow"]
-#: every parameterization a Denoiser / pipeline may record ("trigflow": sCM, see cmkit.trigflow).
-PARAMETERIZATIONS: tuple[str, ...] = ("consistency", "edm", "trigflow")
+Parameterization = Literal["consistency", "edm", "trigflow", "tcd"]
+#: every parameterization a Denoiser / pipeline may record ("trigflow": sCM, see cmkit.trigflow; "tcd": an EDM
+#: denoiser, optionally conditioned on its target time, sampled in VP time by a TCDScheduler, see cmkit.vp).
+PARAMETERIZATIONS: tuple[str, ...] = ("consistency", "edm", "trigflow", "tcd")
 SigmaLike = Union[Tensor, np.ndarray, float]
 
 
@@ -145,9 +146,9 @@ def output_scalings(
     """``(c_skip, c_out)`` for a consistency function or an EDM denoiser."""
     if parameterization == "consistency":
         return consistency_scalings(sigma, sigma_min, sigma_data)
-    if parameterization == "edm":
+    if parameterization in ("edm", "tcd"):  # a TCD model is an EDM denoiser D(x, sigma[, s]) (cmkit.vp)
         return edm_scalings(sigma, sigma_data)
-    raise ValueError(f"parameterization must be 'consistency' or 'edm', got {parameterization!r}")
+    raise ValueError(f"parameterization must be 'consistency', 'edm' or 'tcd', got {parameterization!r}")
 
 
 def noised_std(sigma: SigmaLike, sigma_data: float = SIGMA_DATA) -> SigmaLike:

@@ -19,6 +19,10 @@ Deliberate differences from diffusers 0.42 (see docs/sampling.md):
   ``SCMScheduler``, is sampled in TrigFlow time: ``x = sigma_d z`` at ``t ~ pi/2``, the network gets ``x / sigma_d``
   at ``timestep = 1000 t`` (:func:`cmkit.trigflow.trigflow_timestep`) and ``scheduler.step`` gets ``sigma_d F``;
   2 steps default to the paper's intermediate ``t = 1.1``; ``timesteps`` are the TrigFlow times visited (radians);
+* a TCD model (``cmkit_parameterization: "tcd"``, trained by ``cmkit train --method tcd``) is an EDM denoiser viewed in
+  the VP time of its ``TCDScheduler`` (:mod:`cmkit.vp`): at timestep ``t`` the network gets ``x_vp / sqrt(alpha_bar_t)``
+  at ``sigma_t``, and its target time ``s`` (``scheduler.target_timestep(t, eta)``) when it takes one; the scheduler
+  gets the x0 estimate (``prediction_type="sample"``) and ``eta`` (TCD's gamma, default 0.3);
 * ``latents`` may be a NumPy array (converted with ``torch.from_numpy``); non-finite latents, a generator that is
   not a ``torch.Generator`` (e.g. a seed: pass ``torch.Generator().manual_seed(seed)``) and a batch whose samples
   cannot fit the device's memory (:mod:`cmkit.limits`) raise before anything is drawn.
@@ -47,7 +51,9 @@ from .pipeline_io import load_components, parse_default_timesteps, save_componen
 from .pipeline_types import ClassLabels, ImagePipelineOutput, PipelineResult, StepCallback, pipeline_output
 from .postprocess import OutputType, postprocess
 from .rng import GeneratorArg, randn
+from .models.denoiser import Denoiser
 from .trigflow import DEFAULT_INTERMEDIATE_T, trigflow_network_input
+from .vp import vp_sigma, vp_to_edm_x
 
 __all__ = ["ConsistencyModelPipeline", "ImagePipelineOutput", "sampler_dtype", "unwrap_model"]
 
@@ -80,6 +86,8 @@ class ConsistencyModelPipeline:
         #: "consistency"; "edm" for a diffusion teacher saved by ``cmkit train --method edm`` (not sampleable here);
         #: "trigflow" for an sCM model (set by an ``SCMScheduler`` or the saved ``cmkit_parameterization``).
         self.parameterization: Parameterization = "trigflow" if _is_trigflow_scheduler(scheduler) else "consistency"
+        #: sigma_d of a TCD model's EDM preconditioning (``cmkit_sigma_data`` in ``model_index.json``)
+        self.sigma_data: Optional[float] = None
 
     @property
     def components(self) -> dict[str, Any]:
@@ -174,7 +182,7 @@ class ConsistencyModelPipeline:
     ) -> "ConsistencyModelPipeline":
         """Load a diffusers-format pipeline directory or hub id; ``torch_dtype`` and ``dtype`` are synonyms."""
         target_dtype = resolve_dtype_args(torch_dtype, dtype)
-        components, defaults, parameterization = load_components(pretrained_model_name_or_path)
+        components, defaults, parameterization, sigma_data = load_components(pretrained_model_name_or_path)
         unet = components["unet"]
         if isinstance(unet, nn.Module):
             unet.eval()
@@ -186,6 +194,9 @@ class ConsistencyModelPipeline:
                 "SCMScheduler, which samples TrigFlow models only; fix cmkit_parameterization in model_index.json"
             )
         pipe.parameterization = "trigflow" if _is_trigflow_scheduler(pipe.scheduler) else parameterization
+        pipe.sigma_data = sigma_data
+        if parameterization == "tcd":
+            pipe.require_tcd_scheduler(str(pretrained_model_name_or_path))
         if target_dtype is not None or device is not None:
             pipe.to(device=device, dtype=target_dtype)
         return pipe
@@ -194,7 +205,22 @@ class ConsistencyModelPipeline:
         """Write ``model_index.json``, ``unet/`` and ``scheduler/`` in diffusers' layout (safetensors weights)."""
         if not safe_serialization:
             raise ValueError("cmkit writes weights only as safetensors; leave safe_serialization=True")
-        save_components(save_directory, self.components, self.default_timesteps, self.parameterization)
+        sigma_data = self.tcd_sigma_data() if self.parameterization == "tcd" else None
+        save_components(save_directory, self.components, self.default_timesteps, self.parameterization, sigma_data)
+
+    def tcd_sigma_data(self) -> float:
+        """The sigma_d of a TCD model's preconditioning (0.5, EDM's, when unset)."""
+        return 0.5 if self.sigma_data is None else float(self.sigma_data)
+
+    def require_tcd_scheduler(self, source: str = "this pipeline") -> None:
+        """Raise unless the scheduler can sample a TCD model (a TCDScheduler predicting x0)."""
+        if not hasattr(self.scheduler, "target_timestep") or self.scheduler.config.prediction_type != "sample":
+            raise ValueError(
+                f"{source} holds a TCD model (cmkit_parameterization 'tcd'), which needs cmkit.TCDScheduler with "
+                f"prediction_type='sample', but has a {type(self.scheduler).__name__} predicting "
+                f"{getattr(self.scheduler.config, 'prediction_type', None)!r}; use "
+                "TCDScheduler.from_config(pipe.scheduler.config, prediction_type='sample') with the training beta schedule"
+            )
 
     def set_default_timesteps(self, num_inference_steps: int, timesteps: Optional[Sequence[int]]) -> None:
         """Use ``timesteps`` whenever a call asks for ``num_inference_steps`` steps without timesteps (None clears)."""
@@ -275,13 +301,16 @@ class ConsistencyModelPipeline:
         return_dict: bool = True,
         callback: Optional[StepCallback] = None,
         callback_steps: int = 1,
+        eta: Optional[float] = None,
     ) -> PipelineResult:
         """Generate ``batch_size`` samples in ``num_inference_steps`` steps (or at the given ``timesteps``).
 
         ``timesteps`` are indices into the scheduler's training grid, counted from sigma_max, strictly
         descending (e.g. ``[22, 0]`` for cd_imagenet64). ``callback(i, t, sample)`` runs every
-        ``callback_steps`` steps. Returns ``ImagePipelineOutput(images=...)`` or ``(images,)``.
+        ``callback_steps`` steps. ``eta`` is TCD's gamma in [0, 1] for a ``TCDScheduler`` (None: its default 0.3).
+        Returns ``ImagePipelineOutput(images=...)`` or ``(images,)``.
         """
+        step_options = self._step_options(eta)
         self.require_consistency_model()
         sample_shape = self.sample_shape
         device, dtype = self.device, self.dtype
@@ -304,17 +333,52 @@ class ConsistencyModelPipeline:
             )
             return pipeline_output(postprocess(sample.to(dtype), output_type), return_dict)
         schedule = self._set_timesteps(num_inference_steps, timesteps, device)
+        network = self._tcd_network(schedule, labels, dtype, step_options) if self.parameterization == "tcd" else None
 
         with self.progress_bar(total=len(schedule)) as bar:
             for i, t in enumerate(schedule):
                 model_input = self.scheduler.scale_model_input(sample, t).to(dtype)
-                model_output = call_network(self.unet, model_input, t, labels).to(state_dtype)
-                sample = self.scheduler.step(model_output, t, sample, generator=generator)[0]
+                if network is not None:
+                    model_output = network(model_input, t).to(state_dtype)
+                else:
+                    model_output = call_network(self.unet, model_input, t, labels).to(state_dtype)
+                sample = self.scheduler.step(model_output, t, sample, generator=generator, **step_options)[0]
                 bar.update()
                 if callback is not None and i % callback_steps == 0:
                     callback(i, t, sample)
 
         return pipeline_output(postprocess(sample.to(dtype), output_type), return_dict)
+
+    def _step_options(self, eta: Optional[float]) -> dict[str, float]:
+        """``scheduler.step``'s extra arguments: ``eta`` for a TCDScheduler (0.3 for a TCD model when not given)."""
+        takes_eta = hasattr(self.scheduler, "target_timestep")
+        if eta is None:
+            return {"eta": 0.3} if self.parameterization == "tcd" else {}
+        if not takes_eta:
+            raise ValueError(
+                f"eta (TCD's gamma) applies to a TCDScheduler; this pipeline's {type(self.scheduler).__name__} takes "
+                "none: leave eta out"
+            )
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+            raise ValueError(f"eta (TCD's gamma) must be a number in [0, 1] (0: deterministic, 0.3: TCD's default), got {eta!r}")
+        return {"eta": float(eta)}
+
+    def _tcd_network(
+        self, schedule: Tensor, labels: Optional[Tensor], dtype: torch.dtype, step_options: dict[str, float]
+    ) -> Any:
+        """``x_vp, t -> x0``: the TCD model's EDM denoiser at ``sigma_t`` (:mod:`cmkit.vp`), told its target ``s``."""
+        self.require_tcd_scheduler()
+        scheduler, eta = self.scheduler, step_options["eta"]
+        alphas_cumprod = scheduler.alphas_cumprod.to(self.device)
+        sigmas = vp_sigma(scheduler.alphas_cumprod.double()).float().to(self.device)
+        denoiser = Denoiser(self.unet, "tcd", sigma_min=float(sigmas[0]), sigma_data=self.tcd_sigma_data())
+
+        def network(x_vp: Tensor, t: Tensor) -> Tensor:
+            s = scheduler.target_timestep(t, eta)
+            x = vp_to_edm_x(x_vp.float(), alphas_cumprod[t]).to(dtype)
+            return denoiser(x, sigmas[t], labels, sigmas[s] if denoiser.accepts_target_sigma else None)
+
+        return network
 
     def _sample_trigflow(
         self,

@@ -10,10 +10,11 @@ with a warning).
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from ._validate import is_int
 from .config import DIFFUSERS_COMPAT_VERSION
@@ -30,6 +31,8 @@ DEFAULT_TIMESTEPS_KEY = "cmkit_default_timesteps"
 #: must be sampled with an ODE solver such as cmkit.sampling.sample_heun, not by this pipeline) or "trigflow"
 #: (an sCM model, sampled with SCMScheduler in TrigFlow time).
 PARAMETERIZATION_KEY = "cmkit_parameterization"
+#: sigma_d of a TCD pipeline's EDM-preconditioned network (its TCDScheduler's config has no sigma_data)
+SIGMA_DATA_KEY = "cmkit_sigma_data"
 
 #: files a hub download needs (configs and weights of the two components), never the whole repository.
 HUB_PATTERNS = [
@@ -96,15 +99,16 @@ def parse_parameterization(value: Any, source: str = MODEL_INDEX) -> Parameteriz
     if value not in PARAMETERIZATIONS:
         raise ValueError(
             f"{PARAMETERIZATION_KEY} in {source} must be 'consistency' or 'edm', got {value!r} (or 'trigflow' for an "
-            "sCM model; remove the key for a consistency model)"
+            "sCM model, 'tcd' for a TCD model; remove the key for a consistency model)"
         )
     return value
 
 
 def load_components(
     name_or_path: str | os.PathLike,
-) -> tuple[dict[str, Any], dict[str, list[int]], Parameterization]:
-    """Load ``unet`` and ``scheduler``, the tuned default timesteps and the parameterization of a pipeline."""
+) -> tuple[dict[str, Any], dict[str, list[int]], Parameterization, Optional[float]]:
+    """Load ``unet`` and ``scheduler``, the tuned default timesteps, the parameterization and ``cmkit_sigma_data``
+    (a TCD pipeline's sigma_d, else None) of a pipeline."""
     directory = resolve_pretrained(name_or_path, allow_patterns=HUB_PATTERNS)
     index = read_model_index(directory)
     class_name = index.get("_class_name")
@@ -117,7 +121,7 @@ def load_components(
     extra = sorted(
         k
         for k, v in index.items()
-        if not k.startswith("_") and k not in COMPONENT_NAMES and k not in (DEFAULT_TIMESTEPS_KEY, PARAMETERIZATION_KEY)
+        if not k.startswith("_") and k not in COMPONENT_NAMES and k not in (DEFAULT_TIMESTEPS_KEY, PARAMETERIZATION_KEY, SIGMA_DATA_KEY)
         and isinstance(v, (list, tuple)) and v and v[0] is not None
     )
     if extra:
@@ -135,7 +139,16 @@ def load_components(
         components[name] = cls.from_pretrained(str(directory / name))
     defaults = parse_default_timesteps(index.get(DEFAULT_TIMESTEPS_KEY), str(directory / MODEL_INDEX))
     parameterization = parse_parameterization(index.get(PARAMETERIZATION_KEY), str(directory / MODEL_INDEX))
-    return components, defaults, parameterization
+    return components, defaults, parameterization, parse_sigma_data(index.get(SIGMA_DATA_KEY), str(directory / MODEL_INDEX))
+
+
+def parse_sigma_data(value: Any, source: str = MODEL_INDEX) -> Optional[float]:
+    """Validate the ``cmkit_sigma_data`` entry: a positive finite number, or absent (None)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{SIGMA_DATA_KEY} in {source} must be a positive number (the data's std, e.g. 0.5), got {value!r}")
+    return float(value)
 
 
 def save_components(
@@ -143,6 +156,7 @@ def save_components(
     components: Mapping[str, Any],
     default_timesteps: Mapping[str, list[int]],
     parameterization: Parameterization = "consistency",
+    sigma_data: Optional[float] = None,
 ) -> Path:
     """Write a pipeline directory diffusers can read: each component's folder, then ``model_index.json``."""
     root = Path(directory)
@@ -159,5 +173,7 @@ def save_components(
         index[DEFAULT_TIMESTEPS_KEY] = {k: list(v) for k, v in sorted(default_timesteps.items())}
     if parameterization != "consistency":
         index[PARAMETERIZATION_KEY] = parse_parameterization(parameterization)
+    if sigma_data is not None:
+        index[SIGMA_DATA_KEY] = parse_sigma_data(sigma_data)
     atomic_write_text(root / MODEL_INDEX, json.dumps(index, indent=2, sort_keys=True) + "\n")
     return root

@@ -52,9 +52,9 @@ class StepRandom:
         """Standard normal of shape ``[local_batch, *shape]``."""
         return self._slice(torch.randn((self.global_batch, *shape), generator=self._generator))
 
-    def rand(self, *shape: int) -> Tensor:
-        """Uniform [0, 1) of shape ``[local_batch, *shape]``."""
-        return self._slice(torch.rand((self.global_batch, *shape), generator=self._generator))
+    def rand(self, *shape: int, device: torch.device | str | None = None) -> Tensor:
+        """Uniform [0, 1) of shape ``[local_batch, *shape]``, on ``device`` (default: :attr:`device`)."""
+        return self._slice(torch.rand((self.global_batch, *shape), generator=self._generator), device)
 
     def randint(self, high: int, *shape: int, device: torch.device | str | None = None) -> Tensor:
         """Integers in ``[0, high)`` of shape ``[local_batch, *shape]``, on ``device`` (default: :attr:`device`).

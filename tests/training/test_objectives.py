@@ -323,8 +323,8 @@ def test_method_registry_is_the_one_method_list():
     from cmkit.training.config import TrainConfig
     from cmkit.training.objectives import METHOD_SPECS, METHODS, TEACHER_METHODS, BaseObjective, TargetObjective
 
-    assert METHODS == tuple(METHOD_SPECS) == ("edm", "cd", "ct", "ict", "ect", "sct", "scd")
-    assert TEACHER_METHODS == ("cd", "ect", "scd")
+    assert METHODS == tuple(METHOD_SPECS) == ("edm", "cd", "ct", "ict", "ect", "sct", "scd", "tcd")
+    assert TEACHER_METHODS == ("cd", "ect", "scd", "tcd")
     assert typing.get_args(typing.get_type_hints(TrainConfig)["method"]) == METHODS
     assert {m for m, s in METHOD_SPECS.items() if s.takes_run_length} == {"ct", "ict"}
     assert {m: s.parameterization for m, s in METHOD_SPECS.items()}["edm"] == "edm"
@@ -332,7 +332,7 @@ def test_method_registry_is_the_one_method_list():
     for method, spec in METHOD_SPECS.items():
         assert issubclass(spec.objective, BaseObjective)
         stateful = issubclass(spec.objective, TargetObjective)
-        assert stateful == (method in ("cd", "ct"))
+        assert stateful == (method in ("cd", "ct", "tcd"))
         for hook in ("after_optimizer_step", "state_dict", "load_state_dict"):
             owner = TargetObjective if stateful else BaseObjective
             assert getattr(spec.objective, hook) is getattr(owner, hook), (method, hook)

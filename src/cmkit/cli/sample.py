@@ -12,6 +12,7 @@ EPILOG = """examples:
   cmkit sample --model ./cd_imagenet64_l2 --timesteps 22 0 --class-labels 145 --dtype float32
   cmkit sample --model ./my_pipeline --out-dir samples/ --seed 3
   cmkit sample --model ./toy_2d --batch-size 1000 --out points.npy   # non-image models: save a .npy array
+  cmkit sample --model runs/tcd --steps 4 --eta 0.3             # a TCD model: 4 steps, gamma 0.3
 """
 
 from .options import (
@@ -45,6 +46,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timesteps", type=_timestep, nargs="+", default=None, metavar="T",
                    help="explicit descending timesteps (overrides --steps): Karras grid indices for consistency "
                         "models, e.g. 22 0; TrigFlow (sCM) times in radians, e.g. 1.5708 1.1")
+    p.add_argument("--eta", type=float, default=None, metavar="GAMMA",
+                   help="TCD's gamma in [0, 1] for a TCDScheduler pipeline (0: deterministic; default 0.3)")
     p.add_argument("--class-labels", type=int, nargs="+", default=None, metavar="C",
                    help="one class for all samples, or one per sample (default: random, from --seed)")
     add_batch_size_argument(p, 16, "number of samples")
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         timesteps=args.timesteps,
         generator=generator,
         output_type="pil" if wants_images else "np",
+        eta=args.eta,
     ).images
     sample_s = time.perf_counter() - t1
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from .._validate import is_int, require_int
 from ..karras import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
+from ..vp import vp_sigma
 from ..models.denoiser import Denoiser
 from ..pipeline_types import ClassLabels, PipelineResult, pipeline_output
 from ..postprocess import OutputType, check_output_type, postprocess
@@ -83,6 +84,10 @@ class EditablePipeline(Protocol):
 
 def _sigma_config(pipe: EditablePipeline) -> dict[str, float]:
     config = pipe.scheduler.config
+    if getattr(pipe, "parameterization", None) == "tcd":  # the VP schedule's sigmas (cmkit.vp), timestep 0 to T - 1
+        sigmas = vp_sigma(pipe.scheduler.alphas_cumprod.double())
+        return {"sigma_min": float(sigmas[0]), "sigma_max": float(sigmas[-1]), "sigma_data": float(pipe.sigma_data),
+                "rho": RHO}
     return {
         "sigma_min": float(getattr(config, "sigma_min", SIGMA_MIN)),
         "sigma_max": float(getattr(config, "sigma_max", SIGMA_MAX)),
@@ -96,13 +101,17 @@ def consistency_function(pipe: EditablePipeline) -> ConsistencyFn:
     pipe.require_consistency_model()
     cfg = _sigma_config(pipe)
     # a TrigFlow (sCM) model is edited through its sigma-space view (Denoiser "trigflow"); the math is the same
-    parameterization = "trigflow" if getattr(pipe, "parameterization", None) == "trigflow" else "consistency"
+    # a TCD model is its EDM denoiser D(x, sigma, s) with the target s at timestep 0, where its sampling ends
+    parameterization = getattr(pipe, "parameterization", None)
+    if parameterization not in ("trigflow", "tcd"):
+        parameterization = "consistency"
     time_input = getattr(pipe.scheduler.config, "time_input", "trigflow") if parameterization == "trigflow" else "trigflow"
     f = Denoiser(pipe.unet, parameterization, cfg["sigma_min"], cfg["sigma_data"], trigflow_time_input=time_input)
+    target = cfg["sigma_min"] if parameterization == "tcd" else None
     dtype = pipe.dtype
 
     def fn(x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
-        return f(x.to(dtype), sigma, class_labels).float()
+        return f(x.to(dtype), sigma, class_labels, target).float()
 
     return fn
 

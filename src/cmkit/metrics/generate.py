@@ -65,6 +65,7 @@ def sample_batch(
     num_inference_steps: Optional[int] = 1,
     timesteps: Optional[Sequence[int]] = None,
     heun_steps: Optional[int] = None,
+    eta: Optional[float] = None,
 ) -> Tensor:
     """One batch of samples in model space (images in [-1, 1]): consistency sampling, or with ``heun_steps`` the
     EDM Heun sampler of a pipeline whose network is an EDM denoiser (``2 * heun_steps - 1`` NFE).
@@ -81,6 +82,7 @@ def sample_batch(
             timesteps=None if timesteps is None else list(timesteps),
             generator=generator,
             output_type="pt",
+            **({} if eta is None else {"eta": eta}),
         )
         images = out.images.float()  # images in [0, 1] to model space; other samples are there already
         return images * 2 - 1 if images.ndim == 4 else images
@@ -106,13 +108,15 @@ def generate_samples(
     timesteps: Optional[Sequence[int]] = None,
     class_labels: Optional[Tensor] = None,
     batch_size: int = 1000,
+    eta: Optional[float] = None,
 ) -> Tensor:
-    """``num_samples`` consistency samples from ``pipe`` (model space), from ``seed``, in batches."""
+    """``num_samples`` consistency samples from ``pipe`` (model space), from ``seed``, in batches (``eta``: TCD's
+    gamma, for a pipeline with a ``TCDScheduler``)."""
     require_samples_fit(pipe, num_samples, batch_size)
     generator = torch.Generator().manual_seed(seed)
     parts = [
         sample_batch(pipe, n, generator, class_labels=labels, num_inference_steps=num_inference_steps,
-                     timesteps=timesteps)
+                     timesteps=timesteps, eta=eta)
         for n, labels in _batches(num_samples, batch_size, class_labels)
     ]
     return torch.cat(parts)

@@ -48,9 +48,15 @@ DenoiseFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 TrigFlowFn = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
 
 
-def call_network(net: nn.Module, x: Tensor, timestep: Tensor, class_labels: Optional[Tensor]) -> Tensor:
-    """Call a UNet2DModel-like network (``net(sample, timestep, class_labels=..., return_dict=False)``)."""
-    out = net(x, timestep, class_labels=class_labels, return_dict=False)
+def call_network(
+    net: nn.Module, x: Tensor, timestep: Tensor, class_labels: Optional[Tensor], target_timestep: Optional[Tensor] = None
+) -> Tensor:
+    """Call a UNet2DModel-like network (``net(sample, timestep, class_labels=..., return_dict=False)``); a TCD
+    network that takes its target time (``accepts_target_timestep``) also gets ``target_timestep``."""
+    if target_timestep is not None and getattr(net, "accepts_target_timestep", False):
+        out = net(x, timestep, class_labels=class_labels, return_dict=False, target_timestep=target_timestep)
+    else:
+        out = net(x, timestep, class_labels=class_labels, return_dict=False)
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
@@ -78,17 +84,35 @@ class Denoiser(nn.Module):
         #: the network's time input for "trigflow" (:func:`cmkit.trigflow.trigflow_network_input`)
         self.trigflow_time_input: TimeInput = trigflow_time_input
 
-    def forward(self, x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
-        """``f(x, sigma)`` for per-sample ``sigma`` of shape ``[B]`` (a scalar is broadcast)."""
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(x.shape[0])
+    def forward(
+        self, x: Tensor, sigma: Tensor, class_labels: Optional[Tensor] = None, target_sigma: Optional[Tensor] = None
+    ) -> Tensor:
+        """``f(x, sigma)`` for per-sample ``sigma`` of shape ``[B]`` (a scalar is broadcast).
+
+        ``target_sigma`` is TCD's target time ``s`` (:mod:`cmkit.vp`) for a network that takes it
+        (``accepts_target_timestep``); it reaches the network as ``c_noise(sigma_s)``, in the units of ``sigma``'s.
+        A ``"tcd"`` denoiser maps to ``sigma_min`` (the VP schedule's timestep 0, where its sampling ends) by default.
+        """
+        if target_sigma is None and self.parameterization == "tcd" and self.accepts_target_sigma:
+            target_sigma = self.sigma_min
+        sigma = self._per_sample_sigma(sigma, x)
         if self.parameterization == "trigflow":
             return denoised_of_trigflow(self.trigflow_F, x, sigma, class_labels, self.sigma_data)
         c_skip, c_out = output_scalings(sigma, self.parameterization, self.sigma_min, self.sigma_data)
         x_in = x * append_dims(c_in(sigma, self.sigma_data), x.ndim).to(x.dtype)
-        f = call_network(self.net, x_in, sigma_to_timestep(sigma), class_labels)
+        target = None if target_sigma is None else sigma_to_timestep(self._per_sample_sigma(target_sigma, x))
+        f = call_network(self.net, x_in, sigma_to_timestep(sigma), class_labels, target)
         return append_dims(c_skip, x.ndim) * x + append_dims(c_out, x.ndim) * f.to(x.dtype)
+
+    @staticmethod
+    def _per_sample_sigma(sigma: Tensor | float, x: Tensor) -> Tensor:
+        sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32)
+        return sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
+
+    @property
+    def accepts_target_sigma(self) -> bool:
+        """Whether the network takes TCD's target time (``target_sigma`` reaches it; else it is ignored)."""
+        return bool(getattr(self.net, "accepts_target_timestep", False))
 
     def trigflow_F(self, x_t: Tensor, t: Tensor, class_labels: Optional[Tensor] = None) -> Tensor:
         """The raw network output ``F_theta(x_t / sigma_d, c_noise(t))`` at TrigFlow time ``t`` (sCM eq. 8).

@@ -39,16 +39,19 @@ def sinusoidal_embedding(log_sigma: Tensor, dim: int, min_freq: float, max_freq:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
 
 
-def mlp_parameter_count(features: int, width: int, num_blocks: int, embedding_dim: int, num_classes: int = 0) -> int:
+def mlp_parameter_count(
+    features: int, width: int, num_blocks: int, embedding_dim: int, num_classes: int = 0, target_conditioning: bool = False
+) -> int:
     """The exact parameter count of :class:`MLPNet` (``features`` = the product of ``sample_shape``), from its sizes.
 
     Time MLP ``E W + W + W^2 + W``; class table ``n W``; input and output layers ``F W + W`` and ``W F + F``;
-    the final LayerNorm ``2 W``; each residual block ``3 (W^2 + W) + 2 W`` (LayerNorm, fc1, emb, fc2).
+    the final LayerNorm ``2 W``; each residual block ``3 (W^2 + W) + 2 W`` (LayerNorm, fc1, emb, fc2); a target
+    embedding (``target_conditioning``) is a second time MLP.
     """
     w = width
     time_mlp = embedding_dim * w + w + w * w + w
     block = 3 * (w * w + w) + 2 * w
-    return time_mlp + num_classes * w + (features * w + w) + num_blocks * block + 2 * w + (w * features + features)
+    return (2 if target_conditioning else 1) * time_mlp + num_classes * w + (features * w + w) + num_blocks * block + 2 * w + (w * features + features)
 
 
 class _ResidualBlock(nn.Module):
@@ -83,6 +86,7 @@ class MLPNet(PretrainedMixin, ConfigMixin, nn.Module):
         dropout: float = 0.0,
         min_frequency: float = 0.1,
         max_frequency: float = 30.0,
+        target_conditioning: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(sample_shape, (str, bytes)) or not hasattr(sample_shape, "__len__") or not len(sample_shape):
@@ -101,7 +105,7 @@ class MLPNet(PretrainedMixin, ConfigMixin, nn.Module):
             num_class_embeds = require_int("num_class_embeds", num_class_embeds, 1, " (or None)")
         self._sample_shape = shape
         features = math.prod(shape)
-        count = mlp_parameter_count(features, width, num_blocks, embedding_dim, num_class_embeds or 0)
+        count = mlp_parameter_count(features, width, num_blocks, embedding_dim, num_class_embeds or 0, bool(target_conditioning))
         require_parameters_fit(
             count,
             f"an MLPNet with sample_shape={shape}, width={width}, num_blocks={num_blocks}, "
@@ -112,6 +116,13 @@ class MLPNet(PretrainedMixin, ConfigMixin, nn.Module):
         self.min_frequency = float(min_frequency)
         self.max_frequency = float(max_frequency)
         self.time_mlp = nn.Sequential(nn.Linear(embedding_dim, width), nn.SiLU(), nn.Linear(width, width))
+        #: TCD's target time s (the time f(x_t, t, s) maps to): a second time embedding added to t's, its last
+        #: layer zero-initialised so a student built from a teacher starts as exactly the teacher
+        self.target_mlp = None
+        if target_conditioning:
+            self.target_mlp = nn.Sequential(nn.Linear(embedding_dim, width), nn.SiLU(), nn.Linear(width, width))
+            nn.init.zeros_(self.target_mlp[2].weight)
+            nn.init.zeros_(self.target_mlp[2].bias)
         self.class_embedding = nn.Embedding(num_class_embeds, width) if num_class_embeds else None
         self.input = nn.Linear(features, width)
         self.blocks = nn.ModuleList(_ResidualBlock(width, dropout) for _ in range(num_blocks))
@@ -129,22 +140,28 @@ class MLPNet(PretrainedMixin, ConfigMixin, nn.Module):
         timestep: Tensor | float,
         class_labels: Optional[Tensor] = None,
         return_dict: bool = False,
+        target_timestep: Tensor | float | None = None,
     ) -> tuple[Tensor] | dict[str, Tensor]:
-        """``F(sample, timestep)`` with the UNet2DModel call signature; ``timestep`` is ``250 ln sigma``."""
+        """``F(sample, timestep)`` with the UNet2DModel call signature; ``timestep`` is ``250 ln sigma``.
+
+        A ``target_conditioning`` net also takes ``target_timestep``, TCD's target time ``s`` in the same units.
+        """
         batch = sample.shape[0]
         if tuple(sample.shape[1:]) != self._sample_shape:
             raise ValueError(
                 f"MLPNet expects samples of shape [B, {', '.join(map(str, self._sample_shape))}], got "
                 f"{tuple(sample.shape)}; build it with sample_shape={tuple(sample.shape[1:])}"
             )
-        t = torch.as_tensor(timestep, device=sample.device)
-        t = t.to(torch.promote_types(t.dtype, torch.float32))  # float64 kept (exact derivatives in tests)
-        if t.ndim == 0:
-            t = t.expand(batch)
-        # the sinusoidal features are computed in (at least) float32 (the phase of large timesteps needs it), then cast to the
-        # weights' dtype so a bf16 / fp16 network runs end to end in that dtype
-        features = sinusoidal_embedding(t / TIMESTEP_PER_LOG_SIGMA, self.embedding_dim, self.min_frequency, self.max_frequency)
-        emb = self.time_mlp(features.to(self.dtype))
+        emb = self.time_mlp(self._time_features(timestep, sample))
+        if self.target_mlp is not None:
+            if target_timestep is None:
+                raise ValueError(
+                    "this MLPNet is target-conditioned (target_conditioning=True, a TCD model): pass target_timestep, "
+                    "the time s it maps to (sample it with a TCD pipeline, cmkit.ConsistencyModelPipeline)"
+                )
+            emb = emb + self.target_mlp(self._time_features(target_timestep, sample))
+        elif target_timestep is not None:
+            raise ValueError("target_timestep was given but this MLPNet has no target embedding (target_conditioning=False)")
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("this MLPNet is class-conditional (num_class_embeds set): pass class_labels")
@@ -157,6 +174,21 @@ class MLPNet(PretrainedMixin, ConfigMixin, nn.Module):
             h = block(h, emb)
         out = self.output(F.silu(self.out_norm(h))).reshape(sample.shape)
         return {"sample": out} if return_dict else (out,)
+
+    def _time_features(self, timestep: Tensor | float, sample: Tensor) -> Tensor:
+        """The sinusoidal features of ``timestep / 250 = ln sigma``, computed in (at least) float32 (the phase of large
+        timesteps needs it), then cast to the weights' dtype so a bf16 / fp16 network runs end to end in that dtype."""
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.to(torch.promote_types(t.dtype, torch.float32))  # float64 kept (exact derivatives in tests)
+        if t.ndim == 0:
+            t = t.expand(sample.shape[0])
+        features = sinusoidal_embedding(t / TIMESTEP_PER_LOG_SIGMA, self.embedding_dim, self.min_frequency, self.max_frequency)
+        return features.to(self.dtype)
+
+    @property
+    def accepts_target_timestep(self) -> bool:
+        """Whether the net takes TCD's target time ``s`` (``target_timestep``)."""
+        return self.target_mlp is not None
 
     def activation_floats(self, sample_shape: Sequence[int]) -> int:
         """Floats one sample's forward pass holds at least (input, output, hidden state, embedding, block temporaries)."""

@@ -237,8 +237,7 @@ class TCDScheduler(SchedulerMixin):
                 raise ValueError(f"TCD timesteps are integers, got {float(timestep)}; pass one of scheduler.timesteps")
             timestep = int(timestep)
         i = self._current_step_index(timestep)
-        prev_timestep = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else torch.tensor(0)
-        timestep_s = torch.floor((1 - eta) * prev_timestep).to(dtype=torch.long)
+        prev_timestep, timestep_s = self._step_targets(i, eta)
 
         alpha_prod_t = self.alphas_cumprod[timestep]
         beta_prod_t = 1 - alpha_prod_t
@@ -270,6 +269,21 @@ class TCDScheduler(SchedulerMixin):
         if not return_dict:
             return (prev_sample, pred_noised_sample)
         return TCDSchedulerOutput(prev_sample=prev_sample, pred_noised_sample=pred_noised_sample)
+
+    def _step_targets(self, index: int, eta: float) -> tuple[Tensor, Tensor]:
+        """``(t_prev, s)`` of the step at schedule position ``index``: the next scheduled timestep (0 after the
+        last) and ``s = floor((1 - gamma) t_prev)`` (TCD sec. 4.3, strategic stochastic sampling)."""
+        prev_timestep = self.timesteps[index + 1] if index + 1 < len(self.timesteps) else torch.tensor(0)
+        return prev_timestep, torch.floor((1 - eta) * prev_timestep).to(dtype=torch.long)
+
+    def target_timestep(self, timestep: int | Tensor, eta: float = 0.3) -> Tensor:
+        """The timestep ``s`` that :meth:`step` at ``timestep`` jumps to with ``eta`` (gamma): what a TCD network
+        conditioned on its target time is told before its call (cmkit's TCD pipelines)."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps(num_inference_steps=...) before target_timestep()")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta (TCD's gamma) must lie in [0, 1], got {eta}")
+        return self._step_targets(self._current_step_index(timestep), eta)[1]
 
     def _sqrt_alpha_terms(self, timesteps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
         """``sqrt(alpha_bar_t)`` and ``sqrt(1 - alpha_bar_t)`` in ``like``'s dtype, broadcastable against it."""

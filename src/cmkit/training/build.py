@@ -55,7 +55,7 @@ def build_network(config: TrainConfig, data: DataSource) -> nn.Module:
 
 def load_denoiser(path: str | os.PathLike) -> Denoiser:
     """A trained network from a pipeline directory, wrapped with the preconditioning recorded in it."""
-    from ..pipeline_io import read_model_index, read_parameterization
+    from ..pipeline_io import SIGMA_DATA_KEY, read_model_index, read_parameterization
     from ..registry import resolve_component_class
     from ..schedulers.cm import CMStochasticIterativeScheduler
 
@@ -70,7 +70,7 @@ def load_denoiser(path: str | os.PathLike) -> Denoiser:
     if (directory / "scheduler" / CMStochasticIterativeScheduler.config_name).is_file():
         scheduler = CMStochasticIterativeScheduler.load_config(directory, subfolder="scheduler")
     sigma_min = float(scheduler.get("sigma_min", SIGMA_MIN))
-    sigma_data = float(scheduler.get("sigma_data", SIGMA_DATA))
+    sigma_data = float(scheduler.get("sigma_data", index.get(SIGMA_DATA_KEY) or SIGMA_DATA))
     time_input = scheduler.get("time_input", "trigflow") if parameterization == "trigflow" else "trigflow"
     return Denoiser(net, parameterization, sigma_min=sigma_min, sigma_data=sigma_data, trigflow_time_input=time_input)
 
@@ -109,14 +109,18 @@ def build_model(config: TrainConfig, data: DataSource, teacher: Optional[Denoise
                 f"unknown {network.__name__} argument(s) {unknown} in model_options for the teacher's network; "
                 f"valid ones: {sorted(network.config_keys())}"
             )
-        net = network.from_config({**dict(teacher.net.config), **config.model_options})
+        defaults = {k: v for k, v in method_spec(config.method).student_config if k in network.config_keys()}
+        net = network.from_config({**dict(teacher.net.config), **defaults, **config.model_options})
         shape = tuple(getattr(net, "sample_shape", ()) or ())
         if shape and shape != tuple(data.sample_shape):
             raise ValueError(f"the teacher makes samples of shape {shape} but the data have shape {data.sample_shape}")
     else:
         net = build_network(config, data)
     require_training_fits(config, data, net)
-    return Denoiser(net, method_spec(config.method).parameterization)
+    denoiser = Denoiser(net, method_spec(config.method).parameterization)
+    if teacher is not None and denoiser.parameterization == "tcd":
+        denoiser.sigma_data = teacher.sigma_data  # the student is the teacher's D(x, sigma), viewed in VP time
+    return denoiser
 
 
 def check_student_model(model: str, teacher_net: nn.Module) -> None:

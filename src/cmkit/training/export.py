@@ -4,14 +4,16 @@ Layout (diffusers'): ``unet/`` (config.json + diffusion_pytorch_model.safetensor
 (``CMStochasticIterativeScheduler`` with the run's grid size N and sigma range) and ``model_index.json``.
 ``model_index.json`` also records ``cmkit_parameterization``: ``"edm"`` marks a diffusion teacher (sampled with
 Heun, loadable as ``--teacher``), ``"consistency"`` a consistency model, ``"trigflow"`` an sCM model (sCT / sCD),
-saved with an :class:`~cmkit.schedulers.scm.SCMScheduler` instead (its grid is TrigFlow time; ``tau`` is not used).
+saved with an :class:`~cmkit.schedulers.scm.SCMScheduler` instead (its grid is TrigFlow time; ``tau`` is not used),
+``"tcd"`` a TCD model, saved with the objective's :class:`~cmkit.schedulers.tcd.TCDScheduler` (``scheduler``) and
+its ``sigma_data`` as ``cmkit_sigma_data``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from torch import nn
 
@@ -30,11 +32,19 @@ def export_pipeline(
     sigma_max: float = SIGMA_MAX,
     sigma_data: float = SIGMA_DATA,
     trigflow_time_input: str = "trigflow",
+    scheduler: Optional[Any] = None,
 ) -> Path:
     """Save ``net`` with a consistency scheduler as a pipeline directory; return the directory."""
     from ..pipeline import ConsistencyModelPipeline
     from ..schedulers.cm import CMStochasticIterativeScheduler
 
+    if parameterization == "tcd":
+        if scheduler is None:
+            raise ValueError("a TCD model is exported with its TCDScheduler: pass scheduler=objective.export_scheduler()")
+        pipe = ConsistencyModelPipeline(unet=net, scheduler=scheduler)
+        pipe.parameterization, pipe.sigma_data = parameterization, sigma_data
+        pipe.save_pretrained(directory)
+        return Path(directory)
     if parameterization == "trigflow":
         from ..schedulers.scm import SCMScheduler
 

@@ -384,6 +384,7 @@ class Trainer:
             self.output_dir, cfg, model, self.data,
             parameterization=getattr(model, "parameterization", method_spec(cfg.method).parameterization),
             num_train_timesteps=scheduler_num_timesteps(cfg, self.objective), info=info,
+            scheduler=self.objective.export_scheduler() if hasattr(self.objective, "export_scheduler") else None,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -51,14 +51,14 @@ def save_samples(samples: torch.Tensor, data: DataSource, config: TrainConfig, p
 
 def write_outputs(
     output_dir: Path, config: TrainConfig, model: nn.Module, data: DataSource, *, parameterization: str,
-    num_train_timesteps: int, info: dict[str, Any],
+    num_train_timesteps: int, info: dict[str, Any], scheduler: Optional[Any] = None,
 ) -> Path:
     """The pipeline directory (exported weights + scheduler), ``train_config.json`` and ``training_info.json``."""
     net = getattr(model, "net", model)
     export_pipeline(
         output_dir, net, parameterization=parameterization, num_train_timesteps=num_train_timesteps,
         clip_denoised=data.kind == "images", tau=config.tau, sigma_data=float(getattr(model, "sigma_data", 0.5)),
-        trigflow_time_input=getattr(model, "trigflow_time_input", "trigflow"),
+        trigflow_time_input=getattr(model, "trigflow_time_input", "trigflow"), scheduler=scheduler,
     )
     config.to_json(output_dir / CONFIG_FILE)
     full = {

@@ -26,6 +26,7 @@ from .edm import EDMObjective, EDMOptions
 from .ict import ICTObjective, ICTOptions
 from .scd import SCDObjective, SCDOptions
 from .sct import SCTObjective, SCTOptions
+from .tcd import TCDObjective, TCDOptions
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class MethodSpec:
     #: the preconditioning of the model it trains (what the exported pipeline records).
     parameterization: Parameterization
     summary: str
+    #: constructor arguments the student network gets by default when its class takes them (``model_options``
+    #: override them): TCD's target-time embedding.
+    student_config: tuple[tuple[str, Any], ...] = ()
 
     @property
     def takes_run_length(self) -> bool:
@@ -54,6 +58,8 @@ METHOD_SPECS: dict[str, MethodSpec] = {
     "ect": MethodSpec(ECTObjective, ECTOptions, True, "consistency", "easy consistency tuning from a teacher"),
     "sct": MethodSpec(SCTObjective, SCTOptions, False, "trigflow", "continuous-time consistency training (sCM)"),
     "scd": MethodSpec(SCDObjective, SCDOptions, True, "trigflow", "continuous-time consistency distillation (sCM)"),
+    "tcd": MethodSpec(TCDObjective, TCDOptions, True, "tcd", "trajectory consistency distillation",
+                      (("target_conditioning", True),)),
 }
 
 METHODS: tuple[str, ...] = tuple(METHOD_SPECS)

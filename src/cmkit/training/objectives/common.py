@@ -53,11 +53,17 @@ def _inner_net(model: nn.Module) -> nn.Module:
     return getattr(model, "net", model)
 
 
-def copy_teacher_weights_(student: nn.Module, teacher: nn.Module) -> None:
-    """Initialise the student's network from the teacher's (CD: CM sec. 6; ECT: Geng et al. 2024 sec. 3)."""
+def copy_teacher_weights_(student: nn.Module, teacher: nn.Module, allow_new: tuple[str, ...] = ()) -> None:
+    """Initialise the student's network from the teacher's (CD: CM sec. 6; ECT: Geng et al. 2024 sec. 3).
+
+    Student parameters whose names start with one of ``allow_new`` (e.g. TCD's target embedding) may be absent from
+    the teacher and keep their initialisation; every other key must match.
+    """
     src, dst = _inner_net(teacher), _inner_net(student)
     try:
-        dst.load_state_dict(src.state_dict(), strict=True)
+        state = src.state_dict()
+        keep = {k: v for k, v in dst.state_dict().items() if k.startswith(allow_new) and k not in state} if allow_new else {}
+        dst.load_state_dict({**state, **keep}, strict=True)
     except RuntimeError as err:
         raise ValueError(
             "cannot initialise the student from the teacher: their networks differ "
