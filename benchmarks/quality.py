@@ -81,7 +81,7 @@ RECIPES: dict[str, Recipe] = {
     # (sCM sec. 4.1; docs/quality.md); sCD cannot change it, its student is the teacher's network. The tangent warm-up
     # spans the run (sCT) or half of it (sCD), and sCD drops the 1/(sigma_d tan t) prior weight (docs/quality.md).
     "sct": Recipe(steps=4_000, lr=5e-4, betas=(0.9, 0.99), model_options={"max_frequency": 2.0},
-                  options={"p_mean": -1.0, "p_std": 1.6, "warmup_steps": 4000}),
+                  options={"p_mean": -1.0, "p_std": 1.2, "warmup_steps": 4000}),
     "scd": Recipe(steps=2_600, lr=1e-4, betas=(0.9, 0.99),
                   options={"p_mean": -1.0, "p_std": 1.6, "warmup_steps": 1300, "prior_weighting": False}),
 }
