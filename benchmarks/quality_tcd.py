@@ -157,7 +157,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.plot(*zip(*pts), label="CD multistep" if method == "cd" else f"TCD γ={gamma}", **style)
         ax.set_xscale("log", base=2)
         ax.set_xticks(NFES, [str(n) for n in NFES])
-        ax.set_yscale("log")
         ax.set_xlabel("NFE")
         ax.set_ylabel("FD-digits" if data == "digits" else "SWD / floor")
         ax.set_title(data)
