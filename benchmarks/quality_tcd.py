@@ -14,7 +14,7 @@ Usage (the digits runs come from the recipes; the toy runs are trained here when
 
     bash recipes/digits/train.sh runs/digits && bash recipes/digits/baselines.sh runs/digits cd tcd
     python benchmarks/quality_tcd.py --digits runs/digits --toys runs/toys --json out/tcd.json \\
-        --plot docs/images/tcd_nfe_gamma.png
+        --plot docs/images/tcd_nfe_gamma.png --grid docs/images/digits_mlp_tcd.png
 """
 
 from __future__ import annotations
@@ -35,11 +35,13 @@ from cmkit.pipeline import ConsistencyModelPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (the toy recipes and training driver)
-from quality_digits import BUNDLED, DRAWS, PER_DRAW  # noqa: E402
+from quality_digits import BUNDLED, DRAWS, PER_DRAW, _save_grid  # noqa: E402
 
 NFES = (1, 2, 4, 8)
 GAMMAS = (0.0, 0.3, 0.5, 1.0)
 TOY = "8gaussians"
+#: the gamma of the sample grid (``--grid``): TCD's recommended 0.3
+GRID_GAMMA = 0.3
 #: TCD's toy recipe: CD's (steps, learning rate, EMA) with TCD's defaults (50-point grid, skip 1, DDIM teacher step)
 TCD_TOY_RECIPE = quality.Recipe(steps=5_000, lr=5e-4, options={"target_ema": 0.95, "loss": "l2"})
 
@@ -55,23 +57,28 @@ def _settings() -> list[tuple[str, int, Optional[float]]]:
     return [("tcd", n, g) for n in NFES for g in GAMMAS] + [("cd", n, None) for n in NFES]
 
 
-def digits_rows(runs: Path, seed: int, log=print) -> list[dict[str, Any]]:
-    """FD-digits of the TCD run ``runs/tcd`` and of CD (``runs/cd``, else the bundled model) at every setting."""
+def digits_rows(runs: Path, seed: int, log=print, grid: Optional[Path] = None) -> list[dict[str, Any]]:
+    """FD-digits of the TCD run ``runs/tcd`` and of CD (``runs/cd``, else the bundled model) at every setting; with
+    ``grid``, a PNG of TCD's samples at gamma 0.3 (rows: classes; blocks: NFE 1, 2, 4, 8)."""
     dirs = {"tcd": runs / "tcd", "cd": runs / "cd" if (runs / "cd" / "model_index.json").is_file() else BUNDLED}
     if not (dirs["tcd"] / "model_index.json").is_file():
         raise FileNotFoundError(f"no TCD run in {dirs['tcd']}: bash recipes/digits/baselines.sh {runs} tcd")
     pipes = {k: _pipeline(d) for k, d in dirs.items()}
     labels = balanced_class_labels(PER_DRAW).repeat(DRAWS)
-    rows = []
+    rows, drawn = [], []
     for method, nfe, gamma in _settings():
         t0 = time.perf_counter()
         samples = generate_samples(pipes[method], len(labels), seed, class_labels=labels, num_inference_steps=nfe,
                                    eta=gamma)  # fmt: skip
         result = evaluate_digits(samples, labels, draws=DRAWS)
+        if method == "tcd" and gamma == GRID_GAMMA:
+            drawn.append(samples)
         rows.append({"data": "digits", "method": method, "nfe": nfe, "gamma": gamma, "value": result.fd_mean,
                      "std": result.fd_std, "floor": result.floor_mean, "accuracy": result.accuracy,
                      "model": str(dirs[method]), "sample_seconds": time.perf_counter() - t0})  # fmt: skip
         log(f"digits {method} NFE {nfe} gamma {gamma}: FD {result.fd_mean:.2f} ± {result.fd_std:.2f}")
+    if grid is not None:
+        log(f"wrote {_save_grid(grid, drawn, labels)}")
     return rows
 
 
@@ -150,7 +157,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ax.plot(*zip(*pts), label="CD multistep" if method == "cd" else f"TCD γ={gamma}", **style)
         ax.set_xscale("log", base=2)
         ax.set_xticks(NFES, [str(n) for n in NFES])
-        ax.set_yscale("log")
         ax.set_xlabel("NFE")
         ax.set_ylabel("FD-digits" if data == "digits" else "SWD / floor")
         ax.set_title(data)
@@ -168,12 +174,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--only", choices=("digits", "toys"), default=None, help="one data set only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="also write the quality-vs-NFE plot here")
+    parser.add_argument("--grid", type=Path, default=None, help="also write TCD's digits at gamma 0.3, NFE 1/2/4/8")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = []
     if args.only in (None, "digits"):
-        rows += digits_rows(args.digits, args.seed)
+        rows += digits_rows(args.digits, args.seed, grid=args.grid)
     if args.only in (None, "toys"):
         rows += toy_rows(args.toys, args.seed)
     print(table(rows))

@@ -79,6 +79,7 @@ def test_unet_size_from_the_config_equals_the_built_network(name):
                                num_class_embeds=7, resnet_time_scale_shift="default",
                                down_block_types=["DownBlock2D", "AttnDownBlock2D"],
                                up_block_types=["AttnUpBlock2D", "UpBlock2D"]),
+            unet_preset_config(name, target_conditioning=True),  # TCD's target-time embedding
         ]
     for config in variants:
         with torch.device("meta"):

@@ -58,7 +58,8 @@ def test_adm_block_with_heads_and_resampling_matches_edm(kind):
 
 def test_constructor_is_edms():
     params = inspect.signature(DhariwalUNet.__init__).parameters
-    assert [n for n in params if n != "self"] == list(REFERENCE_SIGNATURE)
+    assert [n for n in params if n != "self"] == [*REFERENCE_SIGNATURE, "target_conditioning"]  # cmkit's TCD option
+    assert params["target_conditioning"].default is False
     for name, default in REFERENCE_SIGNATURE.items():
         value = params[name].default
         if default is None:

@@ -69,7 +69,8 @@ def test_eval_mode_leaves_the_weights_and_dropout_alone():
 
 def test_constructor_is_edm2s():
     params = inspect.signature(EDM2UNet.__init__).parameters
-    assert [n for n in params if n != "self"] == list(REFERENCE_SIGNATURE)
+    assert [n for n in params if n != "self"] == [*REFERENCE_SIGNATURE, "target_conditioning"]  # cmkit's TCD option
+    assert params["target_conditioning"].default is False
     for name, default in REFERENCE_SIGNATURE.items():
         value = params[name].default
         if name in REQUIRED:

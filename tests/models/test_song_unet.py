@@ -65,7 +65,8 @@ def test_edm_denoiser_matches_edm_precond(name):
 def test_constructor_and_keys_are_edms():
     params = inspect.signature(SongUNet.__init__).parameters
     names = [n for n in params if n != "self"]
-    assert names == list(REFERENCE_SIGNATURE)
+    assert names == [*REFERENCE_SIGNATURE, "target_conditioning"]  # cmkit's TCD option, last and off by default
+    assert params["target_conditioning"].default is False
     for name, default in REFERENCE_SIGNATURE.items():
         value = params[name].default
         if default is None:

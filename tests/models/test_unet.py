@@ -137,6 +137,9 @@ def test_python_float_timestep_is_not_truncated():
 def test_signature_and_saved_config_match_diffusers(tmp_path):
     ours_params = inspect.signature(UNet2DModel.__init__).parameters
     ref_params = inspect.signature(DiffusersUNet.__init__).parameters
+    # cmkit's one addition, TCD's target time: last, off by default, and not written to config.json while off
+    assert list(ours_params)[-1] == "target_conditioning" and ours_params["target_conditioning"].default is False
+    ours_params = {k: p for k, p in ours_params.items() if k != "target_conditioning"}
     assert list(ours_params) == list(ref_params)
     assert {k: p.default for k, p in ours_params.items()} == {k: p.default for k, p in ref_params.items()}
     config = CONFIGS["adm_scale_shift_classes"]

@@ -287,3 +287,25 @@ def test_constructor_errors():
         TCDScheduler(num_train_timesteps=0)
     with pytest.raises(ValueError, match="original_inference_steps"):
         TCDScheduler(original_inference_steps=0)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
+def test_target_timestep_is_the_s_that_step_jumps_to(eta):
+    """``target_timestep(t, eta)`` names the s of ``step``'s ``pred_noised_sample = sqrt(a_s) x0 + sqrt(1 - a_s) eps``."""
+    scheduler = TCDScheduler(prediction_type="sample")
+    scheduler.set_timesteps(4)
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(0))
+    seen = []
+    for t in scheduler.timesteps:
+        s = scheduler.target_timestep(t, eta)
+        x0 = torch.randn(2, 3, generator=torch.Generator().manual_seed(int(t)))
+        a_t, a_s = scheduler.alphas_cumprod[t], scheduler.alphas_cumprod[s]
+        eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+        out = scheduler.step(x0, t, x, eta=eta, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(out.pred_noised_sample, a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps)
+        seen.append(int(s))
+        x = out.prev_sample
+    prev = [*scheduler.timesteps[1:].tolist(), 0]
+    assert seen == [int((1 - eta) * p) for p in prev]
+    with pytest.raises(ValueError, match="eta"):
+        scheduler.target_timestep(scheduler.timesteps[0], 1.5)

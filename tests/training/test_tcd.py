@@ -266,3 +266,16 @@ def test_editing_uses_the_denoiser_mapped_to_the_data_end():
         want = Denoiser(pipe.unet, "tcd", sigma_data=0.5)(x, sigma, None, torch.full((2,), sigma_floor))
         torch.testing.assert_close(f(x, sigma), want)
         assert not torch.allclose(f(x, sigma), Denoiser(pipe.unet, "tcd", sigma_data=0.5)(x, sigma, None, sigma))
+
+
+def test_eval_cli_takes_eta(tcd_run, tmp_path, capsys):
+    from cmkit.cli import main
+
+    swd = {}
+    for eta in ("0", "1"):
+        out = tmp_path / f"eta{eta}.json"
+        assert main(["eval", "--model", str(tcd_run / "tcd"), "--toy", "8gaussians", "--steps", "2", "--eta", eta,
+                     "--num-samples", "300", "--draws", "1", "--json", str(out)]) == 0  # fmt: skip
+        swd[eta] = json.loads(out.read_text())["results"][0]["mean"]
+    capsys.readouterr()
+    assert swd["0"] != swd["1"]  # gamma reaches the sampler

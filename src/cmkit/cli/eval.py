@@ -43,6 +43,8 @@ def register(subparsers: Any) -> None:
                    help="consistency step counts to evaluate (default 1 2; 2 uses the tuned default timesteps)")
     p.add_argument("--timesteps", type=int, nargs="+", default=None, metavar="T",
                    help="also evaluate this explicit descending schedule, e.g. 17 0")
+    p.add_argument("--eta", type=float, default=None, metavar="GAMMA",
+                   help="TCD's gamma in [0, 1] for a TCDScheduler pipeline (default 0.3)")
     p.add_argument("--heun-steps", type=int, default=18,
                    help="for an EDM teacher: Heun steps (NFE = 2 * steps - 1; default 18 = 35 NFE)")
     p.add_argument("--toy", default=None, metavar="NAME",
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                                             **options)
         else:
             samples = generate_samples(pipe, total, args.seed, class_labels=labels, batch_size=args.batch_size,
-                                       **options)
+                                       eta=args.eta, **options)
         seconds = time.perf_counter() - t0
         row: dict[str, Any] = {"sampler": name, "nfe": nfe, "seconds": seconds, "num_samples": total}
         if toy is None:

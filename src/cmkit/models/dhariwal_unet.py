@@ -25,7 +25,9 @@ Built from the same :class:`~cmkit.models.edm_layers.UNetBlock` as :class:`~cmki
 loads EDM tensors under their own names, and costs ~100 lines instead of options and converters.
 
 cmkit calls it as ``net(sample, timestep, class_labels=None)`` with ``timestep = 250 ln sigma``; the network
-embeds ``c_noise = ln(sigma) / 4`` (:class:`~cmkit.models.edm_network.EDMNetwork`).
+embeds ``c_noise = ln(sigma) / 4`` (:class:`~cmkit.models.edm_network.EDMNetwork`). ``target_conditioning=True``
+(cmkit's, for TCD) embeds the target time's label with the same sinusoids and its own two layers
+(``target_embedding``, the second zero at initialisation), added to the mapped noise embedding before the class term.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validate import require_int
+from .._validate import check_choice, require_int
 from ..config import register_to_config
 from .edm_layers import BlockOptions, Conv2d, GroupNorm, Init, Linear, UNetBlock
 from .edm_network import EDMNetwork, check_probability, check_unet_shape
 from .layers import timestep_embedding
+from .target_time import EDMTargetEmbedding
 
 
 class DhariwalUNet(EDMNetwork):
@@ -64,6 +67,7 @@ class DhariwalUNet(EDMNetwork):
         attn_resolutions: Sequence[int] = (32, 16, 8),
         dropout: float = 0.10,
         label_dropout: float = 0,
+        target_conditioning: bool = False,
     ) -> None:
         super().__init__()
         resolution, mult, blocks, attn, mc = check_unet_shape(
@@ -76,6 +80,7 @@ class DhariwalUNet(EDMNetwork):
         self.augment_dim = require_int("augment_dim", augment_dim, 0, " (0: no augmentation labels)")
         emb_channels = mc * require_int("channel_mult_emb", channel_mult_emb, 1)
         self.label_dropout = check_probability("label_dropout", label_dropout)
+        check_choice("target_conditioning", target_conditioning, (False, True))
         self.require_fits(dict(self.config))
         self.img_resolution = resolution
         self.downsample_factor = 2 ** (len(mult) - 1)
@@ -134,15 +139,25 @@ class DhariwalUNet(EDMNetwork):
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3, init=init_zero)
 
+        # TCD's target time s (cmkit's), built last so every other tensor is drawn as without it
+        self.target_embedding = EDMTargetEmbedding(mc, emb_channels, init) if target_conditioning else None
+
     def forward_edm(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Optional[Tensor], augment_labels: Optional[Tensor]
+        self,
+        x: Tensor,
+        noise_labels: Tensor,
+        class_labels: Optional[Tensor],
+        augment_labels: Optional[Tensor],
+        target_labels: Optional[Tensor] = None,
     ) -> Tensor:
-        """EDM's ``DhariwalUNet.forward(x, noise_labels, class_labels, augment_labels)``."""
-        # [cos, sin] of model_channels / 2 frequencies 10000^(-k / (n/2)) (ADM's timestep embedding)
-        emb = timestep_embedding(noise_labels, self.map_layer0.in_features, flip_sin_to_cos=True, freq_shift=0)
+        """EDM's ``DhariwalUNet.forward(x, noise_labels, class_labels, augment_labels)``, plus TCD's target labels."""
+        emb = self._embed_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
         emb = self.map_layer1(F.silu(self.map_layer0(emb)))
+        if self.target_embedding is not None:
+            assert target_labels is not None
+            emb = emb + self.target_embedding(self._embed_noise(target_labels))
         if self.map_label is not None:
             assert class_labels is not None
             labels = class_labels
@@ -161,3 +176,7 @@ class DhariwalUNet(EDMNetwork):
                 x = torch.cat([x, skips.pop()], dim=1)
             x = block(x, emb)
         return self.out_conv(F.silu(self.out_norm(x)))
+
+    def _embed_noise(self, noise_labels: Tensor) -> Tensor:
+        """``[cos, sin]`` of ``model_channels / 2`` frequencies ``10000^(-k / (n/2))`` (ADM's timestep embedding)."""
+        return timestep_embedding(noise_labels, self.map_layer0.in_features, flip_sin_to_cos=True, freq_shift=0)

@@ -22,7 +22,10 @@ Architecture, all layers magnitude-preserving (:mod:`cmkit.models.mp_layers`), n
 * the output convolution is scaled by the learned ``out_gain`` (zero at initialisation).
 
 cmkit calls it as ``net(sample, timestep, class_labels=None)`` with ``timestep = 250 ln sigma``; the network
-embeds ``c_noise = ln(sigma) / 4`` (:class:`~cmkit.models.edm_network.EDMNetwork`).
+embeds ``c_noise = ln(sigma) / 4`` (:class:`~cmkit.models.edm_network.EDMNetwork`). ``target_conditioning=True``
+(cmkit's, for TCD) maps the target time's Fourier features (the same ``emb_fourier``) through a linear layer of its
+own with a learned gain that starts at zero (``target_embedding``), added to ``emb_noise``'s output before the class
+embedding is mixed in.
 """
 
 from __future__ import annotations
@@ -33,13 +36,14 @@ from typing import Literal, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from .._validate import require_int, require_positive
+from .._validate import check_choice, require_int, require_positive
 from ..config import register_to_config
 from ..karras import edm_noise_label
 from .conditioning import TimestepLike, batch_timesteps
 from .edm_layers import check_resample_filter, resample_by_two, resample_kernel
 from .edm_network import EDMNetwork, check_probability, check_unet_shape
 from .mp_layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
+from .target_time import MPTargetEmbedding
 
 Flavor = Literal["enc", "dec"]
 ResampleMode = Literal["keep", "up", "down"]
@@ -146,6 +150,7 @@ class EDM2UNet(EDMNetwork):
         attn_balance: float = 0.3,
         clip_act: Optional[float] = 256,
         logvar_channels: int = 0,
+        target_conditioning: bool = False,
     ) -> None:
         super().__init__()
         resolution, mult, blocks, attn, mc = check_unet_shape(
@@ -171,6 +176,7 @@ class EDM2UNet(EDMNetwork):
             clip_act=None if clip_act is None else float(clip_act),
         )  # fmt: skip
         logvar_channels = require_int("logvar_channels", logvar_channels, 0, " (0: no uncertainty head)")
+        check_choice("target_conditioning", target_conditioning, (False, True))
         self.require_fits(dict(self.config))
         self.img_resolution = resolution
         self.downsample_factor = 2 ** (len(mult) - 1)
@@ -228,11 +234,23 @@ class EDM2UNet(EDMNetwork):
             self.logvar_fourier = MPFourier(logvar_channels)
             self.logvar_linear = MPConv(logvar_channels, 1, kernel=[])
 
+        # TCD's target time s (cmkit's), built last so every other tensor is drawn as without it
+        self.target_embedding = MPTargetEmbedding(cnoise, cemb) if target_conditioning else None
+
     def forward_edm(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Optional[Tensor], augment_labels: Optional[Tensor]
+        self,
+        x: Tensor,
+        noise_labels: Tensor,
+        class_labels: Optional[Tensor],
+        augment_labels: Optional[Tensor],
+        target_labels: Optional[Tensor] = None,
     ) -> Tensor:
-        """EDM2's ``UNet.forward(x, noise_labels, class_labels)`` (it takes no augmentation labels)."""
+        """EDM2's ``UNet.forward(x, noise_labels, class_labels)`` (it takes no augmentation labels), plus TCD's target
+        labels."""
         emb = self.emb_noise(self.emb_fourier(noise_labels))
+        if self.target_embedding is not None:
+            assert target_labels is not None
+            emb = emb + self.target_embedding(self.emb_fourier(target_labels))
         if self.emb_label is not None:
             assert class_labels is not None
             label_emb = self.emb_label(class_labels * math.sqrt(class_labels.shape[1]))

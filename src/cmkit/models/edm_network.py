@@ -5,6 +5,10 @@ EDM's noise label ``c_noise = ln(sigma) / 4`` (EDM table 1). cmkit calls every n
 ``net(sample, timestep, class_labels=None, return_dict=True)`` with ``timestep = 250 ln sigma``
 (:func:`cmkit.karras.sigma_to_timestep`). :class:`EDMNetwork` converts once (:func:`cmkit.karras.edm_noise_label`,
 :func:`~cmkit.models.conditioning.class_label_matrix`) and hands the reference's inputs to ``forward_edm``.
+
+``target_conditioning`` (cmkit's, not the references'; default False) adds TCD's target time ``s``:
+``forward(..., target_timestep=...)`` hands ``forward_edm`` its EDM label ``ln(sigma_s) / 4`` too, which each network
+embeds like its noise label into a ``target_embedding`` that starts at zero (:mod:`cmkit.models.target_time`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ..karras import edm_noise_label
 from ..limits import MAX_REPEATS, require_parameters_fit
 from .conditioning import TimestepLike, batch_timesteps, class_label_matrix
 from .modeling import PretrainedMixin
+from .target_time import TARGET_EMBEDDING_PREFIX, check_target_timestep
 from .unet import UNet2DOutput
 
 
@@ -56,9 +61,9 @@ def check_probability(name: str, value: Any) -> float:
 class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
     """Base of :class:`~cmkit.models.song_unet.SongUNet` and :class:`~cmkit.models.edm2_unet.EDM2UNet`.
 
-    Subclasses set ``label_dim``, ``augment_dim``, ``img_resolution``, ``image_channels`` and the encoder's skip
-    layout ``skip_levels`` (one ``(channels, level)`` per activation the decoder consumes), and implement
-    :meth:`forward_edm`.
+    Subclasses set ``label_dim``, ``augment_dim``, ``img_resolution``, ``image_channels``, the encoder's skip
+    layout ``skip_levels`` (one ``(channels, level)`` per activation the decoder consumes) and ``target_embedding``
+    (a module, or None without ``target_conditioning``), and implement :meth:`forward_edm`.
     """
 
     config_name = "config.json"
@@ -68,6 +73,8 @@ class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
     image_channels: int = 0
     skip_levels: tuple[tuple[int, int], ...] = ()
     downsample_factor: int = 1
+    #: state-dict prefixes of the target-time embedding (``target_conditioning``), keys a teacher's weights lack
+    target_embedding_prefixes: tuple[str, ...] = (TARGET_EMBEDDING_PREFIX,)
 
     @classmethod
     def _handle_unknown_config_keys(cls, unknown: list[str], config: Mapping[str, Any]) -> None:
@@ -112,6 +119,11 @@ class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
         """The number of parameters."""
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def accepts_target_timestep(self) -> bool:
+        """Whether it takes TCD's target time ``s`` (``target_timestep``; built with ``target_conditioning``)."""
+        return getattr(self, "target_embedding", None) is not None
+
     def forward(
         self,
         sample: Tensor,
@@ -119,12 +131,14 @@ class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
         class_labels: Optional[Tensor] = None,
         augment_labels: Optional[Tensor] = None,
         return_dict: bool = True,
+        target_timestep: Optional[TimestepLike] = None,
     ) -> Union[UNet2DOutput, tuple[Tensor]]:
         """``F(sample, c_noise)`` for cmkit's ``timestep = 250 ln sigma``; the network sees ``c_noise = ln(sigma)/4``.
 
         ``class_labels``: ``[B]`` integer ids or a ``[B, label_dim]`` float matrix (required when ``label_dim > 0``;
         pass zero rows for the unconditional branch of a label-dropout model). ``augment_labels``: EDM's
-        ``[B, augment_dim]`` augmentation vector, zeros (no augmentation) when left out.
+        ``[B, augment_dim]`` augmentation vector, zeros (no augmentation) when left out. ``target_timestep``: TCD's
+        target time ``s`` in ``timestep``'s units, required by (and only by) a ``target_conditioning`` network.
         """
         if sample.ndim != 4 or sample.shape[1] != self.image_channels:
             raise ValueError(
@@ -138,9 +152,9 @@ class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
                 f"can match the encoder's skips; got {tuple(sample.shape[-2:])}"
             )
         batch, device = sample.shape[0], sample.device
-        timesteps = batch_timesteps(timestep, batch, device)
-        # at least float32; float64 stays float64 (exact derivatives in tests)
-        noise_labels = edm_noise_label(timesteps.to(torch.promote_types(timesteps.dtype, torch.float32)))
+        noise_labels = self._noise_labels(timestep, batch, device)
+        check_target_timestep(type(self).__name__, self.accepts_target_timestep, target_timestep)
+        target_labels = None if target_timestep is None else self._noise_labels(target_timestep, batch, device)
         labels = self._class_vectors(class_labels, batch, device)
         if augment_labels is not None:
             if not self.augment_dim:
@@ -154,8 +168,15 @@ class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
             # zeros ("not augmented") rather than skipping the map: the same output, and the map's weights take part
             # in every step (DistributedDataParallel requires each parameter to get a gradient)
             augment_labels = torch.zeros(batch, self.augment_dim, device=device)
-        out = self.forward_edm(sample, noise_labels, labels, augment_labels)
+        out = self.forward_edm(sample, noise_labels, labels, augment_labels, target_labels)
         return UNet2DOutput(sample=out) if return_dict else (out,)
+
+    @staticmethod
+    def _noise_labels(timestep: TimestepLike, batch: int, device: torch.device) -> Tensor:
+        """EDM's ``c_noise = ln(sigma) / 4`` of cmkit timesteps, ``[B]``, at least float32 (float64 stays float64,
+        for exact derivatives in tests)."""
+        timesteps = batch_timesteps(timestep, batch, device)
+        return edm_noise_label(timesteps.to(torch.promote_types(timesteps.dtype, torch.float32)))
 
     def _class_vectors(self, class_labels: Optional[Tensor], batch: int, device: torch.device) -> Optional[Tensor]:
         if not self.label_dim:
@@ -172,9 +193,15 @@ class EDMNetwork(PretrainedMixin, ConfigMixin, nn.Module):
         return class_label_matrix(class_labels, self.label_dim, batch, device)
 
     def forward_edm(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Optional[Tensor], augment_labels: Optional[Tensor]
+        self,
+        x: Tensor,
+        noise_labels: Tensor,
+        class_labels: Optional[Tensor],
+        augment_labels: Optional[Tensor],
+        target_labels: Optional[Tensor] = None,
     ) -> Tensor:
         """The reference forward: ``x`` ``[B, C, H, W]``, EDM noise labels ``[B]`` (float32), class vectors
-        ``[B, label_dim]`` or None, augmentation vectors ``[B, augment_dim]`` or None."""
+        ``[B, label_dim]`` or None, augmentation vectors ``[B, augment_dim]`` or None; and TCD's target labels
+        ``[B]`` (``ln(sigma_s) / 4``) for a ``target_conditioning`` network, else None."""
         raise NotImplementedError
 

@@ -74,6 +74,8 @@ class MLPNet(PretrainedMixin, ConfigMixin, nn.Module):
     config_name = "config.json"
     saved_class_name = "MLPNet"
     load_in_eval_mode = False  # its from_pretrained has always returned it in train mode
+    #: state-dict prefixes of the target-time embedding (``target_conditioning``), keys a teacher's weights lack
+    target_embedding_prefixes: tuple[str, ...] = ("target_mlp.",)
 
     @register_to_config
     def __init__(

@@ -21,7 +21,9 @@ attention head, ``skip_scale = sqrt(1/2)`` and GroupNorm eps 1e-6):
   growing), ``'standard'`` reads out after the last level.
 
 cmkit calls it as ``net(sample, timestep, class_labels=None)`` with ``timestep = 250 ln sigma``; the network
-embeds ``c_noise = ln(sigma) / 4`` (:class:`~cmkit.models.edm_network.EDMNetwork`).
+embeds ``c_noise = ln(sigma) / 4`` (:class:`~cmkit.models.edm_network.EDMNetwork`). ``target_conditioning=True``
+(cmkit's, for TCD) embeds the target time's label with the same features and its own two layers
+(``target_embedding``, the second zero at initialisation), added before the mapping's last SiLU.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .edm_layers import (
 )
 from .edm_network import EDMNetwork, check_probability, check_unet_shape
 from .layers import timestep_embedding
+from .target_time import EDMTargetEmbedding
 
 EmbeddingType = Literal["positional", "fourier"]
 EncoderType = Literal["standard", "skip", "residual"]
@@ -71,6 +74,7 @@ class SongUNet(EDMNetwork):
         encoder_type: EncoderType = "standard",
         decoder_type: DecoderType = "standard",
         resample_filter: Sequence[float] = (1, 1),
+        target_conditioning: bool = False,
     ) -> None:
         super().__init__()
         resolution, mult, blocks, attn, mc = check_unet_shape(
@@ -86,6 +90,7 @@ class SongUNet(EDMNetwork):
         check_choice("embedding_type", embedding_type, ("positional", "fourier"))
         check_choice("encoder_type", encoder_type, ("standard", "skip", "residual"))
         check_choice("decoder_type", decoder_type, ("standard", "skip"))
+        check_choice("target_conditioning", target_conditioning, (False, True))
         taps = check_resample_filter(resample_filter)
         self.label_dropout = check_probability("label_dropout", label_dropout)
         self.require_fits(dict(self.config))
@@ -158,6 +163,9 @@ class SongUNet(EDMNetwork):
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=1e-6)
                 self.dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3, init=init_zero)
 
+        # TCD's target time s (cmkit's), built last so every other tensor is drawn as without it
+        self.target_embedding = EDMTargetEmbedding(noise_channels, emb_channels, init) if target_conditioning else None
+
     def _embed_noise(self, noise_labels: Tensor) -> Tensor:
         """``[sin, cos]`` features of the noise labels: Fourier (NCSN++) or sinusoids of ``noise_channels / 2``
         frequencies ``10000^(-k / (n/2 - 1))`` spanning ``[1e-4, 1]`` end to end (DDPM++)."""
@@ -166,9 +174,14 @@ class SongUNet(EDMNetwork):
         return timestep_embedding(noise_labels, self.map_layer0.in_features, flip_sin_to_cos=False, freq_shift=1)
 
     def forward_edm(
-        self, x: Tensor, noise_labels: Tensor, class_labels: Optional[Tensor], augment_labels: Optional[Tensor]
+        self,
+        x: Tensor,
+        noise_labels: Tensor,
+        class_labels: Optional[Tensor],
+        augment_labels: Optional[Tensor],
+        target_labels: Optional[Tensor] = None,
     ) -> Tensor:
-        """EDM's ``SongUNet.forward(x, noise_labels, class_labels, augment_labels)``."""
+        """EDM's ``SongUNet.forward(x, noise_labels, class_labels, augment_labels)``, plus TCD's target labels."""
         emb = self._embed_noise(noise_labels)
         if self.map_label is not None:
             assert class_labels is not None
@@ -179,7 +192,11 @@ class SongUNet(EDMNetwork):
             emb = emb + self.map_label(labels * math.sqrt(self.label_dim))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
-        emb = F.silu(self.map_layer1(F.silu(self.map_layer0(emb))))
+        emb = self.map_layer1(F.silu(self.map_layer0(emb)))
+        if self.target_embedding is not None:
+            assert target_labels is not None
+            emb = emb + self.target_embedding(self._embed_noise(target_labels))
+        emb = F.silu(emb)
 
         skips = []
         aux = x

@@ -10,6 +10,13 @@ Deliberate differences from diffusers: a Python ``float`` timestep stays fractio
 int); timesteps are moved to the sample's device; configs this class cannot build exactly, unknown config keys and
 spatial sizes the UNet cannot round-trip raise ``ValueError`` instead of building a different network or failing deep
 inside the forward pass.
+
+cmkit's one addition, ``target_conditioning`` (default False, the last constructor argument): TCD's target time ``s``
+as a second input, ``forward(..., target_timestep=...)`` (:mod:`cmkit.models.target_time`). It embeds ``s`` with the
+timestep's projection and a ``TimestepEmbedding`` of its own, ``target_embedding`` (its ``linear_2`` zero at
+initialisation), added to the time embedding before the class embedding. A config without it is diffusers' exactly:
+the key is written to ``config.json`` only when True, so such directories stay byte-for-byte diffusers' (diffusers
+cannot run a target-conditioned UNet: it ignores the key and the ``target_embedding`` weights).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from .conditioning import batch_timesteps
 from .layers import GroupNorm, TimeScaleShift, TimestepEmbedding, activation, timestep_embedding
 from .modeling import PretrainedMixin
 from .prepack import conv2d
+from .target_time import TARGET_EMBEDDING_PREFIX, check_target_timestep
 from .unet_blocks import DownStage, MidStage, Stage, StageSettings, UpStage
 from .unet_config import DOWN_BLOCKS, IGNORED_CONFIG_KEYS, UP_BLOCKS, block_kind, check_size, validate_config
 
@@ -51,6 +59,8 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
 
     config_name = "config.json"
     saved_class_name = "UNet2DModel"
+    #: state-dict prefixes of the target-time embedding (``target_conditioning``), keys a teacher's weights lack
+    target_embedding_prefixes: tuple[str, ...] = (TARGET_EMBEDDING_PREFIX,)
 
     @register_to_config
     def __init__(
@@ -83,6 +93,7 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         class_embed_type: Optional[str] = None,
         num_class_embeds: Optional[int] = None,
         num_train_timesteps: Optional[int] = None,
+        target_conditioning: bool = False,
     ) -> None:
         super().__init__()
         down_block_types, up_block_types = tuple(down_block_types), tuple(up_block_types)
@@ -165,6 +176,12 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         self.conv_norm_out = GroupNorm(norm_num_groups, c0, eps=norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(c0, out_channels, kernel_size=3, padding=1)
+        # TCD's target time s, registered last so every other key (and its initial value) is the unconditioned net's
+        self.target_embedding: Optional[TimestepEmbedding] = None
+        if target_conditioning:
+            self.target_embedding = TimestepEmbedding(c0, time_embed_dim)
+            nn.init.zeros_(self.target_embedding.linear_2.weight)
+            nn.init.zeros_(self.target_embedding.linear_2.bias)
         self._downsample_factor = 2 ** (n - 1)
         self._channels_last_weights()
         # loading with ``assign=True`` (from_pretrained on the meta device) replaces the parameters: redo it
@@ -217,8 +234,12 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         timestep: Union[Tensor, float, int],
         class_labels: Optional[Tensor] = None,
         return_dict: bool = True,
+        target_timestep: Union[Tensor, float, int, None] = None,
     ) -> Union[UNet2DOutput, tuple[Tensor]]:
-        """Predict from a ``[B, C, H, W]`` sample at ``timestep`` (the network's noise input ``c_noise``)."""
+        """Predict from a ``[B, C, H, W]`` sample at ``timestep`` (the network's noise input ``c_noise``).
+
+        A ``target_conditioning`` UNet also takes ``target_timestep``, TCD's target time ``s`` in ``timestep``'s units.
+        """
         if sample.ndim != 4:
             raise ValueError(f"sample must have shape [B, C, H, W], got {tuple(sample.shape)}")
         f = self._downsample_factor
@@ -232,6 +253,10 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         param_dtype = self.time_embedding.linear_1.weight.dtype
         t = batch_timesteps(timestep, sample.shape[0], sample.device)
         emb = self.time_embedding(self._project_time(t).to(param_dtype))
+        check_target_timestep("UNet2DModel", self.target_embedding is not None, target_timestep)
+        if self.target_embedding is not None:
+            s = batch_timesteps(target_timestep, sample.shape[0], sample.device)  # type: ignore[arg-type]
+            emb = emb + self.target_embedding(self._project_time(s).to(param_dtype))
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError(
@@ -262,6 +287,18 @@ class UNet2DModel(PretrainedMixin, ConfigMixin, nn.Module):
         if not return_dict:
             return (h,)
         return UNet2DOutput(sample=h)
+
+    @property
+    def accepts_target_timestep(self) -> bool:
+        """Whether the UNet takes TCD's target time ``s`` (``target_timestep``; built with ``target_conditioning``)."""
+        return self.target_embedding is not None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The saved config: diffusers' keys, plus ``target_conditioning`` only when it is on (see the module doc)."""
+        config = super().to_json_dict()
+        if not config.get("target_conditioning"):
+            config.pop("target_conditioning", None)
+        return config
 
     def _project_time(self, t: Tensor) -> Tensor:
         if self.time_proj is not None:

@@ -68,6 +68,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     check_choice("resnet_time_scale_shift", cfg["resnet_time_scale_shift"], ("default", "scale_shift"))
     check_choice("class_embed_type", cfg["class_embed_type"], (None, "timestep", "identity"))
     check_choice("downsample_padding", cfg["downsample_padding"], (0, 1))
+    check_choice("target_conditioning", cfg.get("target_conditioning", False), (False, True))
     layers, groups, attn_groups = cfg["layers_per_block"], cfg["norm_num_groups"], cfg["attn_norm_num_groups"]
     require_int("layers_per_block", layers, 1, " (one count for all blocks)", allow_float=False)
     require_int("norm_num_groups", groups, 1, allow_float=False)

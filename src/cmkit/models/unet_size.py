@@ -53,6 +53,8 @@ def unet_size(cfg: Mapping[str, Any], down: Sequence[BlockKind], up: Sequence[Bl
         total += int(cfg["num_class_embeds"]) * temb
     elif cfg["class_embed_type"] == "timestep":
         total += _linear(c0, temb) + _linear(temb, temb)
+    if cfg.get("target_conditioning"):  # TCD's target-time embedding, a second TimestepEmbedding
+        total += _linear(c0, temb) + _linear(temb, temb)
     blocks = 0
     out_ch = c0
     for i, (has_attn, resample) in enumerate(down):

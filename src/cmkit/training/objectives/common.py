@@ -53,6 +53,12 @@ def _inner_net(model: nn.Module) -> nn.Module:
     return getattr(model, "net", model)
 
 
+def target_embedding_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The state-dict prefixes of the network's TCD target-time embedding (its ``target_embedding_prefixes``;
+    empty for a network without one): keys a student may have that its teacher lacks."""
+    return tuple(getattr(_inner_net(model), "target_embedding_prefixes", ()))
+
+
 def copy_teacher_weights_(student: nn.Module, teacher: nn.Module, allow_new: tuple[str, ...] = ()) -> None:
     """Initialise the student's network from the teacher's (CD: CM sec. 6; ECT: Geng et al. 2024 sec. 3).
 

@@ -15,9 +15,10 @@ In EDM coordinates a timestep is ``sigma = sqrt((1 - alpha_bar) / alpha_bar)``, 
 * ``L = d(f_theta(x_{t_n}, t_n, s), f_theta^-(x_hat_{t_{n-k}}, t_{n-k}, s))`` with the EMA target ``theta^-``
   (rate ``mu``, 0.95 as LCM / TCD).
 
-Conditioning on ``s``: a network that takes its target time (``MLPNet(target_conditioning=True)``, a second time
-embedding, zero-initialised so the student starts as the teacher) gets ``c_noise(sigma_s)``; other networks (the
-UNets) are trained in the released TCD form, where ``s`` enters only through the semi-linear coefficients.
+Conditioning on ``s``: a network that takes its target time (``target_conditioning=True`` on ``MLPNet`` and the
+UNets: a second time embedding, zero-initialised so the student starts as the teacher) gets ``c_noise(sigma_s)``;
+a network without it is trained in the released TCD form, where ``s`` enters only through the semi-linear
+coefficients.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ from ...streams import StepRandom
 from ...vp import trajectory_consistency, vp_sigma
 from ..losses import LossName, make_distance
 from .base import ObjectiveOutput, TargetObjective
-from .common import check_batch, copy_teacher_weights_, follow_device_, frozen_copy, per_sample, seeded_dropout, set_dropout_
+from .common import (
+    check_batch, copy_teacher_weights_, follow_device_, frozen_copy, per_sample, seeded_dropout, set_dropout_,
+    target_embedding_prefixes,
+)
 
 TCDSolver = Literal["ddim", "heun"]
 SSampling = Literal["grid", "uniform"]
@@ -97,7 +101,7 @@ class TCDObjective(TargetObjective):
             raise ValueError("method 'tcd' distils a teacher: pass teacher=<EDM Denoiser> (e.g. --teacher DIR)")
         self.options = o = options or TCDOptions()
         if o.init_from_teacher:
-            copy_teacher_weights_(model, teacher, allow_new=("target_mlp.",))
+            copy_teacher_weights_(model, teacher, allow_new=target_embedding_prefixes(model))
         if o.student_dropout is not None:
             set_dropout_(model, o.student_dropout)
         self.model = model
