@@ -211,7 +211,8 @@ def _checked_sources(
     (the transforms run on meta copies), so a 500M-parameter checkpoint is checked at no cost."""
     with torch.device("meta"):
         model = UNet2DModel.from_config(config)
-    full, targets = dict(model.config), model.state_dict()
+    # the config as saved: diffusers' keys only (cmkit's target_conditioning is off for an OpenAI UNet)
+    full, targets = {k: v for k, v in model.config.items() if k != "target_conditioning" or v}, model.state_dict()
     every = openai_sources(full, qkv_layout)
     sources = {key: every[key] for key in targets}  # the map covers every key these configs can produce
     meta = {k: v.to("meta") for k, v in sd.items()}
