@@ -12,7 +12,7 @@ Digits: FD-digits over 5 draws of 360 class-balanced samples (lower is better; t
 
 Usage (the digits runs come from the recipes; the toy runs are trained here when missing, about 4 CPU minutes)::
 
-    bash recipes/digits/train.sh runs/digits && bash recipes/digits/baselines.sh runs/digits cd tcd
+    bash recipes/digits/train.sh runs/digits && bash recipes/digits/baselines.sh runs/digits tcd
     python benchmarks/quality_tcd.py --digits runs/digits --toys runs/toys --json out/tcd.json \\
         --plot docs/images/tcd_nfe_gamma.png --grid docs/images/digits_mlp_tcd.png
 """

@@ -279,3 +279,10 @@ def test_eval_cli_takes_eta(tcd_run, tmp_path, capsys):
         swd[eta] = json.loads(out.read_text())["results"][0]["mean"]
     capsys.readouterr()
     assert swd["0"] != swd["1"]  # gamma reaches the sampler
+
+
+def test_tune_timesteps_refuses_a_tcd_model_with_what_to_do(tcd_run, capsys):
+    from cmkit.cli import main
+
+    assert main(["tune-timesteps", "--model", str(tcd_run / "tcd"), "--toy", "8gaussians"]) == 1
+    assert "TCD model" in capsys.readouterr().err

@@ -57,8 +57,15 @@ def run(args: argparse.Namespace) -> int:
 
     device = parse_device_flag(args.device)
     model_dir = resolve_model(args.model)
-    if read_parameterization(model_dir) == "edm":
+    parameterization = read_parameterization(model_dir)
+    if parameterization == "edm":
         raise ValueError(f"{model_dir} is an EDM teacher (sampled with Heun); tune a consistency model instead")
+    if parameterization in ("trigflow", "tcd"):
+        raise ValueError(
+            f"{model_dir} is a {'TrigFlow (sCM)' if parameterization == 'trigflow' else 'TCD'} model; tune-timesteps "
+            "searches the Karras grid of CMStochasticIterativeScheduler only: pass its sampler's timesteps to "
+            "cmkit sample / cmkit eval (--timesteps, and --eta for TCD) instead"
+        )
     pipe = ConsistencyModelPipeline.from_pretrained(model_dir, device=device)
     pipe.set_progress_bar_config(disable=True)
     if args.toy is not None:
