@@ -13,7 +13,8 @@ Digits: FD-digits over 5 draws of 360 class-balanced samples (lower is better; t
 Usage (the digits runs come from the recipes; the toy runs are trained here when missing, about 4 CPU minutes)::
 
     bash recipes/digits/train.sh runs/digits && bash recipes/digits/baselines.sh runs/digits tcd
-    python benchmarks/quality_tcd.py --digits runs/digits --toys runs/toys --json out/tcd.json \\
+    bash recipes/digits/unet/train.sh runs/digits/unet data teacher cd tcd      # optional: the UNet rows (--unet)
+    python benchmarks/quality_tcd.py --digits runs/digits --toys runs/toys --unet runs/digits/unet --json out/tcd.json \\
         --plot docs/images/tcd_nfe_gamma.png --grid docs/images/digits_mlp_tcd.png
 """
 
@@ -57,12 +58,17 @@ def _settings() -> list[tuple[str, int, Optional[float]]]:
     return [("tcd", n, g) for n in NFES for g in GAMMAS] + [("cd", n, None) for n in NFES]
 
 
-def digits_rows(runs: Path, seed: int, log=print, grid: Optional[Path] = None) -> list[dict[str, Any]]:
+def digits_rows(
+    runs: Path, seed: int, log=print, grid: Optional[Path] = None, data: str = "digits"
+) -> list[dict[str, Any]]:
     """FD-digits of the TCD run ``runs/tcd`` and of CD (``runs/cd``, else the bundled model) at every setting; with
-    ``grid``, a PNG of TCD's samples at gamma 0.3 (rows: classes; blocks: NFE 1, 2, 4, 8)."""
+    ``grid``, a PNG of TCD's samples at gamma 0.3 (rows: classes; blocks: NFE 1, 2, 4, 8). ``data`` names the rows."""
     dirs = {"tcd": runs / "tcd", "cd": runs / "cd" if (runs / "cd" / "model_index.json").is_file() else BUNDLED}
     if not (dirs["tcd"] / "model_index.json").is_file():
-        raise FileNotFoundError(f"no TCD run in {dirs['tcd']}: bash recipes/digits/baselines.sh {runs} tcd")
+        raise FileNotFoundError(
+            f"no TCD run in {dirs['tcd']}: bash recipes/digits/baselines.sh {runs} tcd (the UNet: bash "
+            "recipes/digits/unet/train.sh RUNS tcd)"
+        )
     pipes = {k: _pipeline(d) for k, d in dirs.items()}
     labels = balanced_class_labels(PER_DRAW).repeat(DRAWS)
     rows, drawn = [], []
@@ -73,10 +79,10 @@ def digits_rows(runs: Path, seed: int, log=print, grid: Optional[Path] = None) -
         result = evaluate_digits(samples, labels, draws=DRAWS)
         if method == "tcd" and gamma == GRID_GAMMA:
             drawn.append(samples)
-        rows.append({"data": "digits", "method": method, "nfe": nfe, "gamma": gamma, "value": result.fd_mean,
+        rows.append({"data": data, "method": method, "nfe": nfe, "gamma": gamma, "value": result.fd_mean,
                      "std": result.fd_std, "floor": result.floor_mean, "accuracy": result.accuracy,
                      "model": str(dirs[method]), "sample_seconds": time.perf_counter() - t0})  # fmt: skip
-        log(f"digits {method} NFE {nfe} gamma {gamma}: FD {result.fd_mean:.2f} ± {result.fd_std:.2f}")
+        log(f"{data} {method} NFE {nfe} gamma {gamma}: FD {result.fd_mean:.2f} ± {result.fd_std:.2f}")
     if grid is not None:
         log(f"wrote {_save_grid(grid, drawn, labels)}")
     return rows
@@ -109,7 +115,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     """One markdown table per data set: rows TCD at each gamma and CD, columns NFE."""
     out = []
     for data in dict.fromkeys(r["data"] for r in rows):
-        metric = "FD-digits" if data == "digits" else "SWD x floor"
+        metric = "FD-digits" if data.startswith("digits") else "SWD x floor"
         out += [f"**{data}** ({metric}, lower is better)", "", "| sampler | " + " | ".join(f"NFE {n}" for n in NFES) + " |",
                 "|---|" + "---|" * len(NFES)]  # fmt: skip
         for method, gamma in [("tcd", g) for g in GAMMAS] + [("cd", None)]:
@@ -158,7 +164,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(NFES, [str(n) for n in NFES])
         ax.set_xlabel("NFE")
-        ax.set_ylabel("FD-digits" if data == "digits" else "SWD / floor")
+        ax.set_ylabel("FD-digits" if data.startswith("digits") else "SWD / floor")
         ax.set_title(data)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -171,6 +177,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--digits", type=Path, default=Path("runs/digits"), help="runs directory with tcd/ (and cd/)")
     parser.add_argument("--toys", type=Path, default=Path("runs/toys"), help="toy runs directory (trained when missing)")
+    parser.add_argument("--unet", type=Path, default=None,
+                        help="also the DDPM++ UNet runs (tcd/ and cd/ of recipes/digits/unet/train.sh)")
     parser.add_argument("--only", choices=("digits", "toys"), default=None, help="one data set only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
@@ -181,6 +189,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     if args.only in (None, "digits"):
         rows += digits_rows(args.digits, args.seed, grid=args.grid)
+        if args.unet is not None:
+            rows += digits_rows(args.unet, args.seed, data="digits (UNet)")
     if args.only in (None, "toys"):
         rows += toy_rows(args.toys, args.seed)
     print(table(rows))

@@ -6,7 +6,8 @@
 #   1. an EDM teacher (32 channels, multipliers [1, 2], 1 block per level, attention at 4x4, dropout 0.1: 0.75 M
 #      parameters), class-conditional;
 #   2. consistency distillation (CD, N = 18, target EMA 0.95, l2) and easy consistency tuning (ECT) from it;
-#   3. the 2-step timestep of CD and ECT tuned as for the MLP rows.
+#   3. the 2-step timestep of CD and ECT tuned as for the MLP rows;
+#   4. (stage `tcd`, not in the default list) trajectory consistency distillation from the same teacher.
 # FD-digits and the sample grids: python benchmarks/quality_digits.py --grids docs/images
 # Usage: bash recipes/digits/unet/train.sh [RUNS_DIR] [STAGE...]   (default runs/digits/unet; data teacher cd ect)
 # One intra-op thread per process, as in recipes/digits/train.sh.
@@ -44,6 +45,8 @@ for stage in $STAGES; do
         --teacher "$RUNS/teacher" --output "$RUNS/$stage"
       # tuned on seed 1 (benchmarks/quality_digits.py reports seed 0), 5 draws of 360 per candidate
       $PY -m cmkit tune-timesteps --model "$RUNS/$stage" --coarse 9 --num-samples 1800 --seed 1 ;;
-    *) echo "unknown stage $stage (data, teacher, cd, ect)" >&2; exit 2 ;;
+    tcd)  # TCD from the same teacher, the UNet told its target time (benchmarks/quality_tcd.py --unet)
+      timed tcd $PY -m cmkit train --config $RECIPE/tcd.json "${DATA[@]}" --teacher "$RUNS/teacher" --output "$RUNS/tcd" ;;
+    *) echo "unknown stage $stage (data, teacher, cd, ect, tcd)" >&2; exit 2 ;;
   esac
 done
