@@ -44,16 +44,16 @@ from .editing.pipeline_edits import ConsistencyFn, EditOptions
 from .hardware import fastest_dtype
 from .karras import Parameterization
 from .limits import require_sampling_batch_fits, require_weights_fit
-from .models.denoiser import call_network
+from .models.denoiser import Denoiser, call_network
 from .models.modeling import resolve_dtype_args
 from .pipeline_inputs import check_call_inputs, class_labels_tensor, parse_to_arguments
 from .pipeline_io import load_components, parse_default_timesteps, save_components
 from .pipeline_types import ClassLabels, ImagePipelineOutput, PipelineResult, StepCallback, pipeline_output
 from .postprocess import OutputType, postprocess
 from .rng import GeneratorArg, randn
-from .models.denoiser import Denoiser
+from .schedulers.tcd import check_eta
 from .trigflow import DEFAULT_INTERMEDIATE_T, trigflow_network_input
-from .vp import vp_sigma, vp_to_edm_x
+from .vp import vp_to_edm_x
 
 __all__ = ["ConsistencyModelPipeline", "ImagePipelineOutput", "sampler_dtype", "unwrap_model"]
 
@@ -333,7 +333,7 @@ class ConsistencyModelPipeline:
             )
             return pipeline_output(postprocess(sample.to(dtype), output_type), return_dict)
         schedule = self._set_timesteps(num_inference_steps, timesteps, device)
-        network = self._tcd_network(schedule, labels, dtype, step_options) if self.parameterization == "tcd" else None
+        network = self._tcd_network(labels, dtype, step_options) if self.parameterization == "tcd" else None
 
         with self.progress_bar(total=len(schedule)) as bar:
             for i, t in enumerate(schedule):
@@ -351,26 +351,24 @@ class ConsistencyModelPipeline:
 
     def _step_options(self, eta: Optional[float]) -> dict[str, float]:
         """``scheduler.step``'s extra arguments: ``eta`` for a TCDScheduler (0.3 for a TCD model when not given)."""
-        takes_eta = hasattr(self.scheduler, "target_timestep")
         if eta is None:
             return {"eta": 0.3} if self.parameterization == "tcd" else {}
-        if not takes_eta:
+        if not hasattr(self.scheduler, "target_timestep"):
             raise ValueError(
                 f"eta (TCD's gamma) applies to a TCDScheduler; this pipeline's {type(self.scheduler).__name__} takes "
                 "none: leave eta out"
             )
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
-            raise ValueError(f"eta (TCD's gamma) must be a number in [0, 1] (0: deterministic, 0.3: TCD's default), got {eta!r}")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+            raise ValueError(f"eta (TCD's gamma) must be a number in [0, 1] (0.3: TCD's default), got {eta!r}")
+        check_eta(eta)  # before anything is drawn; step() checks again
         return {"eta": float(eta)}
 
-    def _tcd_network(
-        self, schedule: Tensor, labels: Optional[Tensor], dtype: torch.dtype, step_options: dict[str, float]
-    ) -> Any:
+    def _tcd_network(self, labels: Optional[Tensor], dtype: torch.dtype, step_options: dict[str, float]) -> Any:
         """``x_vp, t -> x0``: the TCD model's EDM denoiser at ``sigma_t`` (:mod:`cmkit.vp`), told its target ``s``."""
         self.require_tcd_scheduler()
         scheduler, eta = self.scheduler, step_options["eta"]
         alphas_cumprod = scheduler.alphas_cumprod.to(self.device)
-        sigmas = vp_sigma(scheduler.alphas_cumprod.double()).float().to(self.device)
+        sigmas = scheduler.edm_sigmas().float().to(self.device)
         denoiser = Denoiser(self.unet, "tcd", sigma_min=float(sigmas[0]), sigma_data=self.tcd_sigma_data())
 
         def network(x_vp: Tensor, t: Tensor) -> Tensor:

@@ -17,7 +17,6 @@ from torch import Tensor
 
 from .._validate import is_int, require_int
 from ..karras import RHO, SIGMA_DATA, SIGMA_MAX, SIGMA_MIN
-from ..vp import vp_sigma
 from ..models.denoiser import Denoiser
 from ..pipeline_types import ClassLabels, PipelineResult, pipeline_output
 from ..postprocess import OutputType, check_output_type, postprocess
@@ -85,7 +84,7 @@ class EditablePipeline(Protocol):
 def _sigma_config(pipe: EditablePipeline) -> dict[str, float]:
     config = pipe.scheduler.config
     if getattr(pipe, "parameterization", None) == "tcd":  # the VP schedule's sigmas (cmkit.vp), timestep 0 to T - 1
-        sigmas = vp_sigma(pipe.scheduler.alphas_cumprod.double())
+        sigmas = pipe.scheduler.edm_sigmas()
         return {"sigma_min": float(sigmas[0]), "sigma_max": float(sigmas[-1]), "sigma_data": float(pipe.sigma_data),
                 "rho": RHO}
     return {

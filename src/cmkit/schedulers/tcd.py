@@ -29,6 +29,7 @@ from ..config import register_to_config
 from ..karras import append_dims
 from ..limits import MAX_GRID_POINTS
 from ..rng import GeneratorArg, randn
+from ..vp import vp_sigma
 from .base import SchedulerMixin, SchedulerOutput
 from .betas import BetaSchedule, alphas_cumprod, make_betas, rescale_zero_terminal_snr
 
@@ -54,6 +55,20 @@ def threshold_sample(x0: Tensor, ratio: float, max_value: float) -> Tensor:
         flat = flat.float()  # quantile needs float32/64
     s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(x0.dtype)
+
+
+def check_eta(eta: float) -> None:
+    """Refuse a gamma (``eta``) outside [0, 1] (diffusers asserts)."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"eta (TCD's gamma) must lie in [0, 1] (0: deterministic, 1: fully stochastic), got {eta}")
+
+
+def distillation_timesteps(num_train_timesteps: int, original_inference_steps: int, strength: float = 1.0) -> np.ndarray:
+    """The ascending distillation schedule ``tau_j = (j + 1) floor(T / N) - 1`` (TCD sec. 4.3, skipping step
+    ``k = floor(T / N)``), its first ``int(N * strength)`` points: what inference timesteps are drawn from and the grid
+    TCD trains on (:mod:`cmkit.training.objectives.tcd`)."""
+    k = num_train_timesteps // original_inference_steps
+    return np.arange(1, int(original_inference_steps * strength) + 1, dtype=np.int64) * k - 1
 
 
 class TCDScheduler(SchedulerMixin):
@@ -119,6 +134,11 @@ class TCDScheduler(SchedulerMixin):
         """TCD feeds the sample unscaled; kept for the common scheduler interface."""
         return sample
 
+    def edm_sigmas(self) -> Tensor:
+        """EDM's ``sigma = sqrt((1 - alpha_bar) / alpha_bar)`` of every training timestep (float64 on the CPU, from the
+        float32 ``alphas_cumprod``; :mod:`cmkit.vp`): the noise levels a TCD model's EDM denoiser sees."""
+        return vp_sigma(self.alphas_cumprod.double().cpu())
+
     def _origin_timesteps(self, original_inference_steps: int | None, strength: float) -> np.ndarray:
         """The distillation schedule that inference timesteps are drawn from (TCD sec. 4.3, skipping step k)."""
         n_train = int(self.config.num_train_timesteps)
@@ -129,8 +149,7 @@ class TCDScheduler(SchedulerMixin):
                     f"original_inference_steps={original} cannot exceed num_train_timesteps={n_train}; lower it in "
                     "the config or pass original_inference_steps to set_timesteps"
                 )
-            k = n_train // original
-            return np.arange(1, int(original * strength) + 1, dtype=np.int64) * k - 1
+            return distillation_timesteps(n_train, original, strength)
         # An explicit original_inference_steps makes every training timestep eligible (as diffusers does).
         return np.arange(0, int(n_train * strength), dtype=np.int64)
 
@@ -230,8 +249,7 @@ class TCDScheduler(SchedulerMixin):
         """One TCD step from ``timestep`` to the next scheduled timestep, with stochasticity ``eta`` (gamma)."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps=...) before step()")
-        if not 0 <= eta <= 1:
-            raise ValueError(f"eta (TCD's gamma) must lie in [0, 1] (0: deterministic, 1: fully stochastic), got {eta}")
+        check_eta(eta)
         if isinstance(timestep, float) or (isinstance(timestep, Tensor) and timestep.is_floating_point()):
             if not float(timestep).is_integer():
                 raise ValueError(f"TCD timesteps are integers, got {float(timestep)}; pass one of scheduler.timesteps")
@@ -281,8 +299,7 @@ class TCDScheduler(SchedulerMixin):
         conditioned on its target time is told before its call (cmkit's TCD pipelines)."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps(num_inference_steps=...) before target_timestep()")
-        if not 0 <= eta <= 1:
-            raise ValueError(f"eta (TCD's gamma) must lie in [0, 1], got {eta}")
+        check_eta(eta)
         return self._step_targets(self._current_step_index(timestep), eta)[1]
 
     def _sqrt_alpha_terms(self, timesteps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -34,9 +34,9 @@ from ...fields import documented
 from ...karras import add_noise
 from ...sampling import euler_step, heun_step
 from ...schedulers.betas import BetaSchedule
-from ...schedulers.tcd import TCDScheduler
+from ...schedulers.tcd import TCDScheduler, distillation_timesteps
 from ...streams import StepRandom
-from ...vp import trajectory_consistency, vp_sigma
+from ...vp import trajectory_consistency
 from ..losses import LossName, make_distance
 from .base import ObjectiveOutput, TargetObjective
 from .common import (
@@ -85,10 +85,10 @@ class TCDOptions:
 
 
 def distillation_grid(num_train_timesteps: int, original_inference_steps: int) -> Tensor:
-    """``G = [0, tau_0, ..., tau_{N-1}]`` with ``tau_j = (j + 1) floor(T / N) - 1``, the timesteps ``TCDScheduler``
-    samples from (its ``_origin_timesteps``), ascending, with timestep 0, where sampling ends, below them."""
-    k = num_train_timesteps // original_inference_steps
-    return torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(1, original_inference_steps + 1) * k - 1])
+    """``G = [0, tau_0, ..., tau_{N-1}]``: the timesteps ``TCDScheduler`` samples from
+    (:func:`~cmkit.schedulers.tcd.distillation_timesteps`), ascending, with timestep 0, where sampling ends, below them."""
+    taus = torch.from_numpy(distillation_timesteps(num_train_timesteps, original_inference_steps))
+    return torch.cat([torch.zeros(1, dtype=torch.long), taus])
 
 
 class TCDObjective(TargetObjective):
@@ -110,7 +110,7 @@ class TCDObjective(TargetObjective):
         self.distance = make_distance(o.loss, huber_c=o.huber_c)
         self.grid = distillation_grid(o.num_train_timesteps, o.original_inference_steps)
         #: EDM sigma of every VP timestep (float64 from the scheduler's float32 alpha_bar, as the pipeline computes it)
-        self.sigmas = vp_sigma(o.scheduler().alphas_cumprod.double())
+        self.sigmas = o.scheduler().edm_sigmas()
         self._solver = heun_step if o.solver == "heun" else euler_step
         model.sigma_min = float(self.sigmas[0])  # the data end of the VP grid: a TCD denoiser's default target
 
